@@ -1,0 +1,24 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[cpu,test]"
+	touch $(STAMP)
+
+# Captions the bundled sample clips with the demo checkpoint (random weights: the captions are noise).
+demo: $(STAMP)
+	$(BIN)/captioner run samples --out demo-out --adapter demo
+
+# The report test opens the evaluation report in headless Chromium (Debian's package).
+test: $(STAMP)
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium fonts-noto-cjk; }
+	$(BIN)/python -m pytest

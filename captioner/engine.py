@@ -1,0 +1,156 @@
+"""Engine stage: one vLLM `LLM` per process, loaded once, captioning a batch of clips per call.
+
+All clips of a batch go into one `generate` call (vLLM schedules them together), each with one
+video and the same rendered prompt, so the text before the video is served from the prefix cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from captioner import compat
+from captioner.config import Sampling
+from captioner.prompts import RenderedPrompt
+from captioner.tiers import TierProfile
+
+log = logging.getLogger(__name__)
+
+# vLLM accepts only these LoRA ranks for max_lora_rank.
+_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class EngineError(Exception):
+    """The engine could not be built; the message says why."""
+
+
+@dataclass
+class Generation:
+    """What the engine produced for one clip."""
+
+    text: str
+    prompt_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    finish_reason: str | None
+    error: str | None = None
+
+
+def _lora_rank(adapter: Path) -> int:
+    try:
+        rank = int(json.loads((adapter / "adapter_config.json").read_text())["r"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise EngineError(f"{adapter}: not a PEFT LoRA adapter (adapter_config.json: {exc})") from None
+    fitting = [r for r in _LORA_RANKS if r >= rank]
+    if not fitting:
+        raise EngineError(f"{adapter}: LoRA rank {rank} is larger than vLLM supports ({_LORA_RANKS[-1]})")
+    return fitting[0]
+
+
+class CaptionEngine:
+    """vLLM with the caption adapter and the tier's settings.
+
+    The prompt and sampling are given per call, so one loaded engine serves any prompt version.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        profile: TierProfile,
+        adapter: Path | None = None,
+        seed: int = 0,
+        enable_prefix_caching: bool = True,
+    ) -> None:
+        compat.apply()  # before vllm is imported: see compat.py
+        from vllm import LLM
+        from vllm.lora.request import LoRARequest
+
+        self.model = model
+        self.profile = profile
+        self.adapter = adapter
+        self.seed = seed
+        started = time.perf_counter()
+        kwargs: dict[str, Any] = dict(
+            model=model,
+            dtype=profile.dtype,
+            quantization=profile.quantization,
+            gpu_memory_utilization=profile.gpu_memory_utilization,
+            max_num_seqs=profile.max_num_seqs,
+            max_num_batched_tokens=profile.max_num_batched_tokens,
+            enable_chunked_prefill=profile.enable_chunked_prefill,
+            max_model_len=profile.max_model_len,
+            enforce_eager=profile.enforce_eager,
+            enable_prefix_caching=enable_prefix_caching,
+            limit_mm_per_prompt={"video": 1, "image": 0},
+            seed=seed,
+        )
+        if profile.block_size is not None:
+            kwargs["block_size"] = profile.block_size
+        if adapter is not None:
+            kwargs.update(enable_lora=True, max_lora_rank=_lora_rank(adapter), max_loras=1)
+        self.llm = LLM(**kwargs)
+        self.load_s = time.perf_counter() - started
+        self._lora = LoRARequest("caption", 1, str(adapter)) if adapter is not None else None
+        log.info("engine loaded in %.1f s (model %s, tier %s, adapter %s)", self.load_s, model, profile.name, adapter)
+
+    def warm_prefix(self, prompt: RenderedPrompt, with_adapter: bool = True) -> None:
+        """Compute the shared prompt prefix once, so even the first batch is served from the cache.
+
+        Requests scheduled in the same step cannot reuse each other's blocks; without this, every
+        clip of the first batch would compute the prefix itself. (The cache is per adapter.)
+        """
+        from vllm import SamplingParams
+
+        self.llm.generate(
+            [prompt.prefix_text],
+            SamplingParams(max_tokens=1),
+            lora_request=self._lora if with_adapter else None,
+            use_tqdm=False,
+        )
+
+    def caption(
+        self, videos: list[np.ndarray], prompt: RenderedPrompt, sampling: Sampling, with_adapter: bool = True
+    ) -> list[Generation]:
+        """Caption a batch of clips (each (N, H, W, 3) uint8) in one `generate` call.
+
+        A failing batch is retried clip by clip so one bad clip fails alone. `with_adapter=False`
+        runs the base model (for comparisons); by default the adapter, if any, is applied.
+        """
+        if not videos:
+            return []
+        from vllm import SamplingParams
+
+        params = SamplingParams(**sampling.model_dump(), seed=self.seed if sampling.temperature > 0 else None)
+        requests = [{"prompt": prompt.text, "multi_modal_data": {"video": video}} for video in videos]
+        try:
+            outputs = self.llm.generate(
+                requests, params, lora_request=self._lora if with_adapter else None, use_tqdm=False
+            )
+            return [self._to_generation(out) for out in outputs]
+        except Exception as exc:  # noqa: BLE001 - isolate the clip that broke the batch
+            if len(videos) == 1:
+                return [Generation("", 0, 0, 0, None, error=f"engine error: {type(exc).__name__}: {exc}")]
+            log.warning("batch of %d failed (%s); retrying clip by clip", len(videos), exc)
+            return [self.caption([video], prompt, sampling, with_adapter)[0] for video in videos]
+
+    @staticmethod
+    def _to_generation(out: Any) -> Generation:
+        completion = out.outputs[0]
+        return Generation(
+            text=completion.text.strip(),
+            prompt_tokens=len(out.prompt_token_ids or ()),
+            cached_tokens=out.num_cached_tokens or 0,
+            output_tokens=len(completion.token_ids),
+            finish_reason=completion.finish_reason,
+        )
+
+    def shareable_prefix_tokens(self, prompt: RenderedPrompt) -> int:
+        """Prefix tokens the cache can serve: only whole KV blocks are cached."""
+        block = self.llm.llm_engine.vllm_config.cache_config.block_size
+        return (prompt.prefix_tokens // block) * block

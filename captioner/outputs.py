@@ -1,0 +1,191 @@
+"""Record stage: one JSON line per clip in `captions.jsonl`, written as soon as the clip is done.
+
+Each record is appended with a single `write` under an exclusive lock, so a killed run loses at
+most the clips in flight and writers in several processes never interleave inside a line. A torn
+last line (power loss) is cut off the next time the file is opened.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+log = logging.getLogger(__name__)
+
+CAPTIONS_FILE = "captions.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class CaptionRecord:
+    """The outcome for one clip."""
+
+    video: str
+    status: Literal["ok", "failed"]
+    caption: str
+    error: str | None
+    frames: int
+    model: str
+    adapter: str | None
+    prompt: dict[str, Any]
+    adapter_sha: str | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    finish_reason: str | None = None
+    tier: str | None = None
+    sampling: str | None = None
+    decode_s: float | None = None
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def to_json(self) -> str:
+        """One line of UTF-8 JSON (Korean kept readable)."""
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+
+def version_key(record: dict[str, Any]) -> tuple:
+    """What makes two captions of the same video comparable: model, adapter and prompt version."""
+    prompt = record.get("prompt") or {}
+    return (
+        record.get("model", ""),
+        record.get("adapter"),
+        record.get("adapter_sha"),
+        prompt.get("name", ""),
+        prompt.get("version", 0),
+        prompt.get("sha", ""),
+    )
+
+
+class RecordWriter:
+    """Appends records to `captions.jsonl`; safe across processes and kills."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        with self._locked():
+            _cut_torn_tail(self._fd)
+
+    def write(self, record: CaptionRecord) -> None:
+        """Append one record in a single write."""
+        data = (record.to_json() + "\n").encode("utf-8")
+        with self._locked():
+            view = memoryview(data)
+            while view:  # a regular-file write is whole in practice; loop to be correct anyway
+                view = view[os.write(self._fd, view) :]
+
+    def close(self) -> None:
+        """Close the file."""
+        os.close(self._fd)
+
+    def _locked(self) -> _Lock:
+        return _Lock(self._fd)
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _Lock:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc_info: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+def _cut_torn_tail(fd: int) -> None:
+    """Truncate a final line that has no newline: it is a write cut short, never a whole record."""
+    size = os.lseek(fd, 0, os.SEEK_END)
+    if size == 0:
+        return
+    end = size
+    with open(fd, "rb", closefd=False) as f:
+        while end > 0:
+            start = max(0, end - 65536)
+            f.seek(start)
+            chunk = f.read(end - start)
+            if end == size and chunk.endswith(b"\n"):
+                return
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+    log.warning("cutting %d bytes of an unfinished last line from the captions file", size - end)
+    os.ftruncate(fd, end)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """All records of a captions file, oldest first. Lines that are not JSON objects are reported and skipped."""
+    if not path.exists():
+        return []
+    records = []
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith("\n"):
+                break  # an unfinished write; the next writer cuts it
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                log.warning("%s line %d: not JSON (%s); ignored", path, number, exc.msg)
+                continue
+            if isinstance(record, dict) and "video" in record and "status" in record:
+                records.append(record)
+            else:
+                log.warning("%s line %d: not a caption record; ignored", path, number)
+    return records
+
+
+def latest_by_video(records: Iterable[dict[str, Any]], key: tuple | None = None) -> dict[str, dict[str, Any]]:
+    """The newest record per video, optionally only among records of one `version_key`."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in records:
+        if key is None or version_key(record) == key:
+            latest[record["video"]] = record
+    return latest
+
+
+def compact(path: Path) -> int:
+    """Rewrite the file keeping only the newest record per (video, version); return records dropped.
+
+    Done atomically (temporary file + rename) so a kill during compaction leaves the old file.
+    """
+    records = read_records(path)
+    newest: dict[tuple, dict[str, Any]] = {}
+    for record in records:
+        newest.pop((record["video"], version_key(record)), None)  # re-insert: keep file order by recency
+        newest[(record["video"], version_key(record))] = record
+    if len(newest) == len(records):
+        return 0
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in newest.values()))
+    return len(records) - len(newest)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` (UTF-8) so readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        tmp.write(text)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.replace(tmp.name, path)
+
+
+def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
+    """Write `summary.json` atomically."""
+    path = out_dir / SUMMARY_FILE
+    write_atomic(path, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
+    return path

@@ -1,0 +1,378 @@
+"""The captioning pipeline: folders -> frames -> prompts -> engine -> records.
+
+`make_plan` checks everything that can be checked before work starts (model, adapter, prompt,
+token budget) and raises `ConfigError` with one clear message. `run` captions every video that has
+no `ok` record for the same model, adapter and prompt yet. Decoding runs in separate processes
+ahead of the engine, so the next batch is decoded while the current one is captioned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from captioner.config import DEMO, Settings
+from captioner.frames import ClipFrames, FrameDecoder, FrameError
+from captioner.outputs import (
+    CAPTIONS_FILE,
+    CaptionRecord,
+    RecordWriter,
+    compact,
+    latest_by_video,
+    read_records,
+    version_key,
+    write_summary,
+)
+from captioner.prompts import PromptError, RenderedPrompt, check_budget, load_prompt, render, tokens_per_frame
+from captioner.sources import SourceError, find_videos
+from captioner.tiers import TierProfile, resolve_profile
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ConfigError(Exception):
+    """The run cannot start; the message says why. Nothing has been done yet."""
+
+
+@dataclass
+class Plan:
+    """Everything resolved and checked before the first clip is touched."""
+
+    settings: Settings
+    model: str
+    adapter: Path | None
+    adapter_name: str | None
+    adapter_sha: str | None
+    profile: TierProfile
+    frames: int
+    frame_size: int
+    frame_tokens: int
+    prompt: RenderedPrompt
+    prompt_tokens: int
+
+    def record(self, video: str, **fields: Any) -> CaptionRecord:
+        """A record for `video` carrying this plan's versions."""
+        return CaptionRecord(
+            video=video,
+            frames=self.frames,
+            model=self.model,
+            adapter=self.adapter_name,
+            adapter_sha=self.adapter_sha,
+            prompt=self.prompt.spec.identity(),
+            tier=self.profile.name,
+            sampling=self.settings.sampling,
+            **fields,
+        )
+
+    @property
+    def key(self) -> tuple:
+        """The version key of this plan's records (see `outputs.version_key`)."""
+        return version_key(asdict(self.record("", status="ok", caption="", error=None)))
+
+
+def _resolve_model(settings: Settings) -> str:
+    if settings.model == DEMO or settings.adapter == DEMO:
+        from captioner.demo_model import build_demo_model
+
+        if not (settings.demo_dir / "base" / "config.json").exists():
+            log.info("building the demo checkpoint in %s", settings.demo_dir)
+            build_demo_model(settings.demo_dir)
+    if settings.model == DEMO:
+        return str((settings.demo_dir / "base").resolve())
+    path = Path(settings.model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{path}: model folder has no config.json")
+        return str(path.resolve())
+    if path.exists():
+        raise ConfigError(f"{path}: model must be a folder (a Hugging Face checkpoint), not a file")
+    if _HUB_ID.match(settings.model) and not settings.model.startswith("."):
+        return settings.model  # a hub id, resolved by transformers/vLLM on a machine that can reach it
+    raise ConfigError(f"{path}: model folder does not exist")
+
+
+def _resolve_adapter(settings: Settings) -> tuple[Path | None, str | None, str | None]:
+    if settings.adapter is None:
+        return None, None, None
+    if settings.adapter == DEMO:
+        path, name = settings.demo_dir / "adapter", DEMO
+    else:
+        path = Path(settings.adapter).expanduser()
+        name = path.resolve().name
+    if not path.is_dir():
+        raise ConfigError(f"{path}: adapter folder does not exist")
+    weights = sorted(path.glob("adapter_model.*"))
+    if not (path / "adapter_config.json").is_file() or not weights:
+        raise ConfigError(f"{path}: not a PEFT LoRA adapter (needs adapter_config.json and adapter_model.*)")
+    digest = hashlib.sha256()
+    for weight in weights:
+        with weight.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return path.resolve(), name, digest.hexdigest()[:12]
+
+
+def make_plan(settings: Settings) -> Plan:
+    """Resolve model, adapter, tier, prompt and frames, and check the token budget."""
+    from captioner import compat
+
+    compat.apply()  # transformers may import the broken CUDA-only audio/video packages
+    from transformers import AutoConfig, AutoTokenizer
+
+    model = _resolve_model(settings)
+    adapter, adapter_name, adapter_sha = _resolve_adapter(settings)
+    try:
+        profile = resolve_profile(settings.tier, settings.profile)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    frames = settings.frames or profile.frames
+    try:
+        hf_config = AutoConfig.from_pretrained(model)
+        tokenizer = AutoTokenizer.from_pretrained(model)
+    except Exception as exc:  # noqa: BLE001 - whatever transformers raises, the user needs the model and why
+        raise ConfigError(f"{model}: cannot load the model's config and tokenizer ({exc})") from None
+    if not hasattr(hf_config, "spatial_pool_stride"):
+        raise ConfigError(f"{model}: not a LLaVA-NeXT-Video checkpoint (model_type {hf_config.model_type!r})")
+    frame_tokens = tokens_per_frame(hf_config)
+    try:
+        prompt = render(load_prompt(settings.prompt, settings.prompts_dir), tokenizer)
+        prompt_tokens = check_budget(
+            prompt,
+            frames,
+            frame_tokens,
+            settings.sampling_params().max_tokens,
+            profile.max_model_len,
+            profile.max_num_batched_tokens,
+        )
+    except PromptError as exc:
+        raise ConfigError(str(exc)) from None
+    return Plan(
+        settings=settings,
+        model=model,
+        adapter=adapter,
+        adapter_name=adapter_name,
+        adapter_sha=adapter_sha,
+        profile=profile,
+        frames=frames,
+        frame_size=hf_config.vision_config.image_size,
+        frame_tokens=frame_tokens,
+        prompt=prompt,
+        prompt_tokens=prompt_tokens,
+    )
+
+
+def load_engine(plan: Plan):  # -> CaptionEngine; imported lazily: vLLM takes seconds to import
+    """Build the vLLM engine for `plan` (tens of seconds; do it once per process)."""
+    from captioner.engine import CaptionEngine
+
+    return CaptionEngine(plan.model, plan.profile, adapter=plan.adapter, seed=plan.settings.seed)
+
+
+def check_engine(engine: Any, plan: Plan) -> None:
+    """Refuse to reuse a loaded engine whose model, adapter or settings differ from the plan's."""
+    mismatched = [
+        name
+        for name, have, want in [
+            ("model", engine.model, plan.model),
+            ("adapter", engine.adapter, plan.adapter),
+            ("tier profile", engine.profile, plan.profile),
+        ]
+        if have != want
+    ]
+    if mismatched:
+        raise ConfigError(f"the loaded engine was built for another {', '.join(mismatched)}; restart it")
+
+
+@dataclass
+class RunStats:
+    """Counters for one run, turned into `summary.json`."""
+
+    videos: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    output_tokens: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    shareable_prefix_tokens: int = 0
+    engine_load_s: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, record: CaptionRecord, shareable: int) -> None:
+        """Count one finished clip."""
+        if record.status == "ok":
+            self.ok += 1
+            self.output_tokens += record.output_tokens
+            self.prompt_tokens += record.prompt_tokens
+            self.cached_tokens += record.cached_tokens
+            self.shareable_prefix_tokens += shareable
+        else:
+            self.failed += 1
+
+    def summary(self, plan: Plan) -> dict[str, Any]:
+        """The figures of `summary.json`."""
+        seconds = time.perf_counter() - self.started
+        captioned = self.ok + self.failed
+        return {
+            "videos": self.videos,
+            "ok": self.ok,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "seconds": round(seconds, 3),
+            "engine_load_s": round(self.engine_load_s, 3),
+            "videos_per_s": round(captioned / seconds, 4) if captioned else 0.0,
+            "output_tokens_per_s": round(self.output_tokens / seconds, 2) if captioned else 0.0,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "output_tokens": self.output_tokens,
+            # Cached tokens over the prompt prefix the cache can serve (whole KV blocks before the video).
+            "prefix_cache_hit_ratio": (
+                round(self.cached_tokens / self.shareable_prefix_tokens, 4) if self.shareable_prefix_tokens else None
+            ),
+            "model": plan.model,
+            "adapter": plan.adapter_name,
+            "prompt": plan.prompt.spec.identity(),
+            "tier": plan.profile.name,
+            "frames": plan.frames,
+            "sampling": plan.settings.sampling,
+        }
+
+
+def discover(folders: list[Path]) -> list[Path]:
+    """All videos under `folders`; `ConfigError` when a folder is missing, unreadable or has none."""
+    try:
+        found = find_videos(folders)
+    except SourceError as exc:
+        raise ConfigError(str(exc)) from None
+    for problem in found.unreadable:
+        log.warning("skipped unreadable folder %s", problem)
+    for folder in folders:
+        root = Path(folder).resolve()
+        if not any(video.is_relative_to(root) for video in found.videos):
+            raise ConfigError(f"{folder}: no videos (.mp4 .mov .mkv .avi .webm) in this folder")
+    return found.videos
+
+
+def pending_videos(videos: list[Path], captions: Path, plan: Plan) -> list[Path]:
+    """The videos without an `ok` record for this plan's model, adapter and prompt in `captions`."""
+    done = {
+        video for video, record in latest_by_video(read_records(captions), plan.key).items() if record["status"] == "ok"
+    }
+    return [video for video in videos if str(video) not in done]
+
+
+def caption_clips(
+    videos: list[Path],
+    plan: Plan,
+    writer: RecordWriter,
+    decoder: FrameDecoder,
+    engine_factory: Callable[[], Any],
+    on_record: Callable[[CaptionRecord], None] = lambda record: None,
+) -> Iterator[tuple[CaptionRecord, int]]:
+    """Decode and caption `videos`, writing one record each as soon as it is known.
+
+    Yields each record with the prompt-prefix tokens the cache could have served for it.
+
+    Up to two batches are decoded ahead of the engine, so decoding overlaps inference; the engine
+    is created (by `engine_factory`) only once the first clips are already decoding.
+    """
+    batch_size = plan.profile.batch_size
+    queue = iter(videos)
+    in_flight: dict[Future[ClipFrames], Path] = {}
+    ready: list[ClipFrames] = []
+
+    def top_up() -> None:
+        while len(in_flight) + len(ready) < 2 * batch_size:
+            video = next(queue, None)
+            if video is None:
+                return
+            in_flight[decoder.submit(video)] = video
+
+    def finish(record: CaptionRecord) -> CaptionRecord:
+        writer.write(record)
+        on_record(record)
+        return record
+
+    top_up()
+    engine = engine_factory()
+    engine.warm_prefix(plan.prompt)
+    shareable = engine.shareable_prefix_tokens(plan.prompt)
+    sampling = plan.settings.sampling_params()
+    while in_flight or ready:
+        while in_flight and len(ready) < batch_size:
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                video = in_flight.pop(future)
+                try:
+                    ready.append(future.result())
+                except FrameError as exc:
+                    yield finish(plan.record(str(video), status="failed", caption="", error=exc.reason)), 0
+            top_up()
+        if not ready:
+            continue
+        batch, ready = ready[:batch_size], ready[batch_size:]
+        top_up()  # decoders work on the next batch while the engine runs this one
+        for clip, gen in zip(batch, engine.caption([clip.frames for clip in batch], plan.prompt, sampling)):
+            failed = gen.error is not None or not gen.text
+            record = plan.record(
+                clip.video,
+                status="failed" if failed else "ok",
+                caption="" if failed else gen.text,
+                error=gen.error or ("the model returned an empty caption" if failed else None),
+                prompt_tokens=gen.prompt_tokens,
+                cached_tokens=gen.cached_tokens,
+                output_tokens=gen.output_tokens,
+                finish_reason=gen.finish_reason,
+                decode_s=round(clip.decode_s, 4),
+            )
+            yield finish(record), shareable
+
+
+def run(
+    folders: list[Path],
+    out_dir: Path,
+    settings: Settings,
+    engine: Any = None,
+    on_start: Callable[[int, int], None] = lambda todo, skipped: None,
+    on_record: Callable[[CaptionRecord], None] = lambda record: None,
+) -> dict[str, Any]:
+    """Caption every new video under `folders` into `out_dir`; return the summary.
+
+    Videos with an `ok` record for the same model, adapter and prompt are skipped; failed ones are
+    retried. `engine` lets a long-lived process (a worker) reuse its loaded engine.
+    """
+    videos = discover(folders)  # first: the cheapest check, and the commonest mistake
+    plan = make_plan(settings)
+    if engine is not None:
+        check_engine(engine, plan)
+    captions = out_dir / CAPTIONS_FILE
+    todo = pending_videos(videos, captions, plan)
+    skipped = len(videos) - len(todo)
+    stats = RunStats(videos=len(videos), skipped=skipped)
+    on_start(len(todo), skipped)
+    if todo:
+
+        def engine_factory() -> Any:
+            if engine is not None:
+                return engine
+            loaded = load_engine(plan)
+            stats.engine_load_s = loaded.load_s
+            return loaded
+
+        workers = min(plan.profile.decode_workers, len(todo))
+        with FrameDecoder(plan.frames, plan.frame_size, workers, settings.decode_timeout) as decoder:
+            with RecordWriter(captions) as writer:
+                for record, shareable in caption_clips(todo, plan, writer, decoder, engine_factory, on_record):
+                    stats.add(record, shareable)
+        compact(captions)
+    summary = stats.summary(plan)
+    write_summary(out_dir, summary)
+    return summary

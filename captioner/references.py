@@ -1,0 +1,252 @@
+"""Reading reference captions for evaluation.
+
+Three layouts are accepted (see ``eval/README.md``):
+
+* JSONL: one object per line, ``{"video": ..., "references": ["...", ...]}``, optional
+  ``"category"``;
+* CSV (UTF-8) with ``video`` and ``reference`` columns (one reference per row, a
+  video may have several rows), optional ``category`` column;
+* a folder of AI-Hub 대한민국 배경영상 label JSON files: the Korean caption at
+  ``caption.korean``, the category at ``category`` (``category.main`` when it is an
+  object), the video's file name at ``filename`` (or the label file's own name).
+
+Videos are keyed by their file name stem, NFC-normalised. Every problem found is
+collected with its file and line, and all of them are raised together in one
+:class:`InputError`, so a user can fix a file in one pass.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from captioner.morphemes import normalize_text
+
+MAX_LISTED_PROBLEMS = 20
+
+
+class InputError(Exception):
+    """Evaluation input that cannot be used; ``problems`` name the file and line of each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        shown = problems[:MAX_LISTED_PROBLEMS]
+        more = len(problems) - len(shown)
+        text = "\n".join(shown) + (f"\n... and {more} more problems" if more > 0 else "")
+        super().__init__(text)
+
+
+def video_stem(video: str) -> str:
+    """Matching key of a video: the NFC file-name stem of a path or name.
+
+    Both separators are accepted because reference files are often written on Windows.
+    """
+    name = video.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    stem = name.rsplit(".", 1)[0] if "." in name[1:] else name
+    return unicodedata.normalize("NFC", stem)
+
+
+@dataclass
+class Reference:
+    """The references of one clip."""
+
+    video: str
+    references: list[str]
+    category: str | None
+    source: str  # "file:line" where the clip was first seen
+
+
+@dataclass
+class ReferenceSet:
+    """All references of an evaluation set, keyed by video stem."""
+
+    path: Path
+    kind: str  # "jsonl" | "csv" | "aihub"
+    clips: dict[str, Reference]
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_references(path: Path) -> ReferenceSet:
+    """Read references from a JSONL file, a CSV file or a folder of AI-Hub labels.
+
+    Raises :class:`InputError` naming the file and line of every malformed entry.
+    """
+    path = Path(path)
+    if path.is_dir():
+        kind, entries, problems = "aihub", *_read_aihub(path)
+    elif not path.exists():
+        raise InputError([f"{path}: references not found"])
+    elif path.suffix.lower() == ".csv":
+        kind, entries, problems = "csv", *_read_csv(path)
+    else:
+        kind, entries, problems = "jsonl", *_read_jsonl(path)
+    if problems:
+        raise InputError(problems)
+    refs = ReferenceSet(path=path, kind=kind, clips={})
+    for video, texts, category, source in entries:
+        _add(refs, video, texts, category, source)
+    if not refs.clips:
+        raise InputError([f"{path}: no references found"])
+    return refs
+
+
+Entry = tuple[str, list[str], "str | None", str]
+
+
+def _add(refs: ReferenceSet, video: str, texts: list[str], category: str | None, source: str) -> None:
+    """Merge one entry; a clip may be listed several times (several CSV rows, say)."""
+    stem = video_stem(video)
+    texts = [normalize_text(t) for t in texts]
+    clip = refs.clips.get(stem)
+    if clip is None:
+        refs.clips[stem] = Reference(video, list(dict.fromkeys(texts)), category, source)
+        return
+    for t in texts:
+        if t not in clip.references:  # identical references would weigh double in CIDEr-D
+            clip.references.append(t)
+    if category and clip.category and category != clip.category:
+        refs.warnings.append(
+            f"{source}: category {category!r} for {stem} differs from {clip.category!r} at {clip.source}; "
+            "kept the first"
+        )
+    clip.category = clip.category or category
+
+
+def _category(value: Any) -> str | None:
+    if isinstance(value, dict):  # AI-Hub style {"main": "자연", "sub": "바다"}
+        value = value.get("main")
+    if value is None or value == "":
+        return None
+    return normalize_text(str(value))
+
+
+def _read_jsonl(path: Path) -> tuple[list[Entry], list[str]]:
+    entries: list[Entry] = []
+    problems: list[str] = []
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        return [], [f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"]
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{where}: invalid JSON ({exc.msg}, column {exc.colno})")
+            continue
+        if not isinstance(obj, dict):
+            problems.append(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            continue
+        video = obj.get("video")
+        if not isinstance(video, str) or not video.strip():
+            problems.append(f'{where}: missing "video" (a file name or path string)')
+            continue
+        texts = obj.get("references", obj.get("reference"))
+        if isinstance(texts, str):
+            texts = [texts]
+        if (
+            not isinstance(texts, list)
+            or not texts
+            or not all(isinstance(t, str) and t.strip() for t in texts)
+        ):
+            problems.append(f'{where}: "references" must be a non-empty list of non-empty strings')
+            continue
+        entries.append((video, texts, _category(obj.get("category")), where))
+    return entries, problems
+
+
+def _read_csv(path: Path) -> tuple[list[Entry], list[str]]:
+    # csv.reader (not pandas) because its line_num gives true file line numbers, also
+    # when a quoted reference spans several lines or blank lines separate rows.
+    entries: list[Entry] = []
+    problems: list[str] = []
+    line = 0
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, [])
+            columns = {name.strip().lower(): i for i, name in enumerate(header)}
+            missing = [c for c in ("video", "reference") if c not in columns]
+            if missing:
+                found = ", ".join(columns) or "none"
+                return [], [f"{path}:1: missing column(s) {', '.join(missing)} (found: {found})"]
+            line = reader.line_num + 1
+            for row in reader:
+                where, line = f"{path}:{line}", reader.line_num + 1
+                if not any(cell.strip() for cell in row):
+                    continue
+                video, text = _cell(row, columns, "video"), _cell(row, columns, "reference")
+                if not video or not text:
+                    problems.append(f"{where}: empty {'video' if not video else 'reference'}")
+                    continue
+                entries.append((video, [text], _category(_cell(row, columns, "category")), where))
+    except UnicodeDecodeError as exc:
+        return [], [f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"]
+    except csv.Error as exc:
+        return [], [f"{path}:{line}: malformed CSV ({exc})"]
+    return entries, problems
+
+
+def _cell(row: list[str], columns: dict[str, int], name: str) -> str:
+    """A stripped cell by column name; "" when the column is absent or the row short."""
+    i = columns.get(name)
+    return row[i].strip() if i is not None and i < len(row) else ""
+
+
+def _read_aihub(folder: Path) -> tuple[list[Entry], list[str]]:
+    entries: list[Entry] = []
+    problems: list[str] = []
+    files = sorted(folder.rglob("*.json"))
+    if not files:
+        return [], [f"{folder}: no *.json label files in this folder"]
+    for file in files:
+        try:
+            label = json.loads(file.read_text(encoding="utf-8-sig"))
+        except UnicodeDecodeError as exc:
+            problems.append(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+            continue
+        except json.JSONDecodeError as exc:
+            problems.append(f"{file}:{exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})")
+            continue
+        if not isinstance(label, dict):
+            problems.append(f"{file}: expected a JSON object")
+            continue
+        caption = label.get("caption")
+        text = caption.get("korean") if isinstance(caption, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            problems.append(f"{file}: no Korean caption at caption.korean")
+            continue
+        video = _aihub_video_name(label) or file.name
+        entries.append((video, [text], _aihub_category(label), str(file)))
+    return entries, problems
+
+
+# Nested objects where a label may keep the clip's file name or category.
+_AIHUB_BLOCKS = ("video", "video_info", "clip", "clip_info", "metadata")
+
+
+def _aihub_video_name(label: dict) -> str | None:
+    """The clip's file name, top-level or in a nested video/clip/metadata block."""
+    blocks = [label] + [label[k] for k in _AIHUB_BLOCKS if isinstance(label.get(k), dict)]
+    for block in blocks:
+        for key in ("filename", "file_name", "video_name", "video_id"):
+            value = block.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+    return None
+
+
+def _aihub_category(label: dict) -> str | None:
+    if "category" in label:
+        return _category(label["category"])
+    for key in _AIHUB_BLOCKS:
+        block = label.get(key)
+        if isinstance(block, dict) and "category" in block:
+            return _category(block["category"])
+    return None

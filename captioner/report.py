@@ -1,0 +1,224 @@
+"""The evaluation report: one self-contained HTML file (plots and frames inline).
+
+Plots are matplotlib SVGs and frame strips JPEGs, both embedded as ``data:`` URIs, so
+the file opens offline and can be mailed or archived as is. A clip whose video cannot
+be read gets a placeholder saying why; the report is never lost to one bad video.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+import pandas as pd
+
+if TYPE_CHECKING:
+    from captioner.evaluate import Evaluation
+
+STRIP_FRAMES = 6
+STRIP_SHORT_SIDE = 128
+MAX_LISTED_ROWS = 500  # longer lists are cut in the HTML; per_video.csv has them all
+
+
+def _svg_data_uri(fig: Any) -> str:
+    """Render a matplotlib figure as an SVG ``data:`` URI."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plots(ev: Evaluation) -> dict[str, str]:
+    import matplotlib
+    import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no display backend
+
+    runs = [("this run", ev.run)] + ([("baseline", ev.baseline)] if ev.baseline is not None else [])
+    plots: dict[str, str] = {}
+    # Text stays text in the SVG (the browser draws it with its own fonts, Hangul
+    # included) and ids are stable, so identical runs give identical files.
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "captioner"}):
+        fig = Figure(figsize=(6, 3.2))
+        ax = fig.subplots()
+        for name, run in runs:
+            values = run.per_video["meteor"].dropna()
+            ax.hist(values, bins=np.linspace(0, 1, 21), alpha=0.6, label=f"{name} (n={len(values)})")
+            if len(values):
+                color = "black" if name == "this run" else "grey"
+                ax.axvline(values.mean(), linestyle="--", linewidth=1, color=color)
+        ax.set_xlabel("METEOR per clip (dashed: mean)")
+        ax.set_ylabel("clips")
+        ax.set_xlim(0, 1)
+        ax.legend()
+        plots["meteor_hist"] = _svg_data_uri(fig)
+
+        fig = Figure(figsize=(6, 3.2))
+        ax = fig.subplots()
+        series = [(f"{name} captions", run.per_video["caption_morphemes"].dropna().tolist()) for name, run in runs]
+        series.append(("references", _reference_lengths(ev)))
+        longest = max((max(v) for _, v in series if v), default=1)
+        bins = np.linspace(0, longest + 1, min(40, int(longest) + 2))  # shared bins, so bars compare
+        for label, values in series:
+            if values:
+                ax.hist(values, bins=bins, alpha=0.5, label=label)
+        ax.set_xlabel("length (morphemes)")
+        ax.set_ylabel("texts")
+        ax.legend()
+        plots["length_hist"] = _svg_data_uri(fig)
+
+        if ev.baseline is not None:
+            a = ev.run.per_video.set_index("video")["meteor"]
+            b = ev.baseline.per_video.set_index("video")["meteor"]
+            paired = pd.concat([a.rename("run"), b.rename("baseline")], axis=1).dropna()
+            fig = Figure(figsize=(4.2, 4.2))
+            ax = fig.subplots()
+            ax.scatter(paired["baseline"], paired["run"], s=10, alpha=0.6)
+            ax.plot([0, 1], [0, 1], color="grey", linewidth=1)
+            ax.set_xlim(-0.02, 1.02)  # room for the many clips at exactly 0 or 1
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel("baseline METEOR")
+            ax.set_ylabel("this run METEOR (above the line: better)")
+            plots["paired_scatter"] = _svg_data_uri(fig)
+    return plots
+
+
+def _reference_lengths(ev: Evaluation) -> list[int]:
+    """Morpheme counts of all references (already tokenized, so served from the cache)."""
+    from captioner.morphemes import get_tokenizer
+
+    tokens = get_tokenizer().tokenize_many(t for c in ev.references.clips.values() for t in c.references)
+    return [len(v) for v in tokens.values()]
+
+
+def _frame_strip(video: str) -> tuple[str | None, str | None]:
+    """A JPEG strip of frames of ``video`` as a ``data:`` URI, or ``(None, reason)``.
+
+    Any failure (missing file, undecodable video, frame reader not available) becomes a
+    reason shown in place of the strip.
+    """
+    path = Path(video)
+    if not path.is_file():
+        return None, f"video not found: {video}"
+    try:
+        from captioner.frames import sample_frames  # decoders load only when a report needs frames
+
+        frames = sample_frames(path, STRIP_FRAMES, short_side=STRIP_SHORT_SIDE)
+    except ImportError as exc:
+        return None, f"frame reader unavailable ({exc})"
+    except Exception as exc:  # FrameError and anything a broken container raises
+        return None, f"cannot read frames: {exc}"
+    import numpy as np
+    from PIL import Image
+
+    if len(frames) == 0:
+        return None, f"no frames decoded from {video}"
+    strip = np.concatenate(list(frames), axis=1)
+    buf = io.BytesIO()
+    Image.fromarray(strip).save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), None
+
+
+def _cards(ev: Evaluation, videos: list[str], strips: dict[str, tuple[str | None, str | None]]) -> list[dict]:
+    """Per-clip cards: scores, caption beside references, frames."""
+    run = ev.run.per_video.set_index("video")
+    base = ev.baseline.per_video.set_index("video") if ev.baseline is not None else None
+    cards = []
+    for video in videos:
+        row = run.loc[video]
+        if row["path"] not in strips:
+            strips[row["path"]] = _frame_strip(row["path"])
+        image, reason = strips[row["path"]]
+        card = {
+            "video": video,
+            "path": row["path"],
+            "category": row["category"],
+            "meteor": row["meteor"],
+            "rouge_l": row["rouge_l"],
+            "cider_d": row["cider_d"],
+            "caption": row["caption"],
+            "references": row["references"],
+            "image": image,
+            "image_reason": reason,
+            "baseline": None,
+        }
+        if base is not None and video in base.index:
+            b = base.loc[video]
+            card["baseline"] = {"status": b["status"], "caption": b["caption"], "meteor": b["meteor"]}
+        cards.append(card)
+    return cards
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(df: pd.DataFrame) -> str:
+    """An HTML table (escaped) with at most MAX_LISTED_ROWS rows."""
+    shown = df.head(MAX_LISTED_ROWS)
+    html = shown.to_html(index=False, classes="data", na_rep="–", float_format=lambda v: f"{v:.4f}", escape=True)
+    if len(df) > len(shown):
+        html += f"<p class='note'>{len(df) - len(shown)} more rows in per_video.csv</p>"
+    return html
+
+
+def render_report(ev: Evaluation, path: Path, worst_best: int = 5) -> None:
+    """Write the HTML report of ``ev`` to ``path``."""
+    df = ev.run.per_video
+    scored = df[df["status"] == "scored"].sort_values(["meteor", "video"])
+    worst = scored["video"].head(worst_best).tolist()
+    rest = scored[~scored["video"].isin(worst)]
+    best = rest.sort_values(["meteor", "video"], ascending=[False, True])["video"].head(worst_best).tolist()
+    strips: dict[str, tuple[str | None, str | None]] = {}
+    changes = {"drops": [], "gains": []}
+    if ev.baseline is not None:
+        merged = df.merge(ev.baseline.per_video[["video", "meteor"]], on="video", suffixes=("", "_baseline"))
+        merged["delta"] = merged["meteor"] - merged["meteor_baseline"]
+        merged = merged.dropna(subset=["delta"])
+        drops = merged[merged["delta"] < 0].sort_values(["delta", "video"])["video"].head(worst_best).tolist()
+        gains = merged[merged["delta"] > 0].sort_values(["delta", "video"], ascending=[False, True])
+        changes = {
+            "drops": _cards(ev, drops, strips),
+            "gains": _cards(ev, gains["video"].head(worst_best).tolist(), strips),
+        }
+
+    reason = {"failed": "failed", "empty_caption": "empty caption", "no_caption": "no caption record"}
+    missing = df[df["status"].isin(list(reason))].assign(reason=lambda d: d["status"].map(reason))
+    missing_table = _table(missing[["video", "category", "reason", "error", "path"]])
+    unreferenced = df[df["status"] == "no_reference"]
+    unreferenced_table = _table(unreferenced[["video", "record_status", "path"]])
+    per_category = pd.DataFrame(ev.run.summary["per_category"])
+    versions = pd.DataFrame(
+        [
+            {"version": v, "records in file": n, "evaluated": ev.run.summary["versions_evaluated"].get(v, 0)}
+            for v, n in ev.run.summary["versions_seen"].items()
+        ]
+    )
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("captioner", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["fmt"] = _fmt
+    html = env.get_template("eval_report.html.j2").render(
+        ev=ev,
+        s=ev.run.summary,
+        cmp=ev.comparison,
+        plots=_plots(ev),
+        worst=_cards(ev, worst, strips),
+        best=_cards(ev, best, strips),
+        changes=changes,
+        categories_table=_table(per_category) if len(per_category) else "",
+        missing_table=missing_table if len(missing) else "",
+        unreferenced_table=unreferenced_table if len(unreferenced) else "",
+        versions_table=_table(versions),
+        warnings=ev.references.warnings + ev.run.summary["warnings"],
+    )
+    Path(path).write_text(html, encoding="utf-8")

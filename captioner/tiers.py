@@ -1,0 +1,164 @@
+"""Engine settings per hardware tier, kept as data.
+
+Every tier is one `TierProfile`; `resolve_profile` picks one (or detects it) and applies
+overrides. Nothing else in the code branches on the tier name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TierName = Literal["cpu", "t4", "l4", "a100", "h100"]
+
+
+class TierProfile(BaseModel):
+    """vLLM and pipeline settings for one kind of machine. Every field can be overridden."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    device: Literal["cpu", "cuda"]
+    dtype: Literal["auto", "bfloat16", "half", "float16", "float32"]
+    quantization: Literal["awq"] | None = Field(
+        None, description="Expected checkpoint quantization; the checkpoint must already be quantized."
+    )
+    gpu_memory_utilization: float = Field(
+        gt=0, le=1, description="On CPU: fraction of NUMA node 0 memory reserved for the KV cache."
+    )
+    max_num_seqs: int = Field(gt=0, description="Sequences vLLM runs concurrently.")
+    max_num_batched_tokens: int = Field(gt=0, description="Tokens per scheduler step; >= one video.")
+    enable_chunked_prefill: bool
+    max_model_len: int = Field(gt=0)
+    frames: int = Field(gt=0, description="Frames sampled per clip.")
+    batch_size: int = Field(gt=0, description="Clips handed to one generate() call.")
+    enforce_eager: bool = False
+    block_size: int | None = Field(
+        None, gt=0, description="KV cache block size; None = vLLM's default. Only whole blocks are prefix-cached."
+    )
+    decode_workers: int = Field(gt=0, description="Frame-decoding processes feeding the engine.")
+    note: str = ""
+
+
+# Real-model arithmetic behind these numbers: LLaVA-NeXT-Video-7B turns a 336 px frame into
+# 24x24 patches pooled by 2 -> 144 tokens, so N frames cost 144*N prompt tokens; its context
+# is 8192. max_num_batched_tokens must hold one whole video, or vLLM's encoder cache refuses it.
+# Speculative decoding is off everywhere: recent vLLM refuses draft-model speculation for
+# multimodal models, and n-gram speculation gains little on captions that do not copy the prompt.
+PROFILES: dict[str, TierProfile] = {
+    "cpu": TierProfile(
+        name="cpu",
+        device="cpu",
+        dtype="bfloat16",
+        gpu_memory_utilization=0.3,  # the default 0.92 fails at start on CPU
+        max_num_seqs=8,
+        max_num_batched_tokens=4096,
+        enable_chunked_prefill=True,
+        max_model_len=4096,
+        frames=8,
+        batch_size=8,
+        enforce_eager=True,  # no CUDA graphs on CPU; compilation costs more than it saves here
+        # vLLM's CPU default is 128-token blocks: coarser than the shared system prompt, which then
+        # never fills a cacheable block. The CPU backend wants multiples of 32.
+        block_size=32,
+        decode_workers=1,
+        note="Development only: the demo checkpoint on a CPU.",
+    ),
+    "t4": TierProfile(
+        name="t4",
+        device="cuda",
+        dtype="half",  # T4 (Turing) has no bf16
+        quantization="awq",  # 7B in fp16 leaves too little of 16 GB for the KV cache
+        gpu_memory_utilization=0.85,
+        max_num_seqs=8,
+        max_num_batched_tokens=8192,
+        enable_chunked_prefill=False,
+        max_model_len=8192,
+        frames=8,
+        batch_size=8,
+        decode_workers=2,
+        note="16 GB: AWQ 4-bit weights, fp16 activations, 8 frames per clip.",
+    ),
+    "l4": TierProfile(
+        name="l4",
+        device="cuda",
+        dtype="bfloat16",
+        quantization="awq",
+        gpu_memory_utilization=0.90,
+        max_num_seqs=16,
+        max_num_batched_tokens=8192,
+        enable_chunked_prefill=False,
+        max_model_len=8192,
+        frames=16,
+        batch_size=16,
+        decode_workers=4,
+        note="24 GB: AWQ 4-bit weights, 16 frames per clip.",
+    ),
+    "a100": TierProfile(
+        name="a100",
+        device="cuda",
+        dtype="bfloat16",
+        gpu_memory_utilization=0.90,
+        max_num_seqs=32,
+        max_num_batched_tokens=16384,
+        enable_chunked_prefill=True,
+        max_model_len=8192,
+        frames=32,  # the model was trained on 32 uniformly sampled frames
+        batch_size=32,
+        decode_workers=8,
+        note="A100 40/80 GB: bf16 weights, chunked prefill, 32 frames per clip.",
+    ),
+    "h100": TierProfile(
+        name="h100",
+        device="cuda",
+        dtype="bfloat16",
+        gpu_memory_utilization=0.90,
+        max_num_seqs=64,
+        max_num_batched_tokens=32768,
+        enable_chunked_prefill=True,
+        max_model_len=8192,
+        frames=32,
+        batch_size=64,
+        decode_workers=12,
+        note="H100 80 GB: bf16 weights, chunked prefill, 32 frames per clip.",
+    ),
+}
+
+# Substrings of torch.cuda.get_device_name() -> tier, checked in order.
+_DEVICE_NAMES: list[tuple[str, str]] = [("H100", "h100"), ("A100", "a100"), ("L4", "l4"), ("T4", "t4")]
+# Fallback for unknown GPUs: the largest tier whose memory (GiB) the device has.
+_MEMORY_FLOORS: list[tuple[float, str]] = [(79, "h100"), (39, "a100"), (23, "l4"), (0, "t4")]
+
+
+def detect_tier() -> str:
+    """Pick a tier from the first CUDA device's name and memory; `cpu` when there is none."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    name = torch.cuda.get_device_name(0)
+    for needle, tier in _DEVICE_NAMES:
+        if needle in name:
+            return tier
+    memory_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    return next(tier for floor, tier in _MEMORY_FLOORS if memory_gib >= floor)
+
+
+def resolve_profile(tier: str = "auto", overrides: dict[str, Any] | None = None) -> TierProfile:
+    """Return the profile for `tier` (or the detected one) with `overrides` applied and validated."""
+    name = detect_tier() if tier == "auto" else tier
+    if name not in PROFILES:
+        raise ValueError(f"unknown tier {tier!r}; choose auto or one of {', '.join(PROFILES)}")
+    base = PROFILES[name]
+    if not overrides:
+        return base
+    unknown = set(overrides) - set(TierProfile.model_fields)
+    if unknown:
+        raise ValueError(
+            f"unknown profile field(s) {', '.join(sorted(unknown))}; "
+            f"fields: {', '.join(TierProfile.model_fields)}"
+        )
+    return TierProfile.model_validate({**base.model_dump(), **overrides})

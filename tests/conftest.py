@@ -1,0 +1,51 @@
+"""Shared fixtures: one demo checkpoint and one real vLLM engine for the whole session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from captioner.config import Settings
+from captioner.synth import write_clips
+
+
+@pytest.fixture(scope="session")
+def home(tmp_path_factory) -> Path:
+    """CAPTIONER_HOME for the session (the demo checkpoint is built here once), also for subprocesses."""
+    path = tmp_path_factory.mktemp("home")
+    os.environ["CAPTIONER_HOME"] = str(path)
+    from captioner.demo_model import build_demo_model
+
+    build_demo_model(path / "demo")
+    return path
+
+
+@pytest.fixture(scope="session")
+def settings(home) -> Settings:
+    """Demo model and adapter on the CPU tier, greedy decoding so outputs are repeatable."""
+    return Settings(model="demo", adapter="demo", tier="cpu", sampling="deterministic", home=home)
+
+
+@pytest.fixture(scope="session")
+def plan(settings):
+    from captioner.pipeline import make_plan
+
+    return make_plan(settings)
+
+
+@pytest.fixture(scope="session")
+def engine(plan):
+    """The real vLLM engine on the demo checkpoint with its LoRA adapter, loaded once."""
+    from captioner.pipeline import load_engine
+
+    return load_engine(plan)
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory) -> Path:
+    """Five small real H.264 clips."""
+    folder = tmp_path_factory.mktemp("clips")
+    write_clips(folder, 5, seconds=2, fps=10, width=160, height=96)
+    return folder

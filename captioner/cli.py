@@ -128,7 +128,7 @@ def eval_(
 
     Exit status: 0 ok, 1 regression against --against, 2 bad input.
     """
-    from captioner.evaluate import run_eval
+    from captioner.evaluation.run import run_eval
 
     raise typer.Exit(run_eval(captions, refs, out, against=against, regression_threshold=threshold, worst_best=show))
 

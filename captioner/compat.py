@@ -125,7 +125,8 @@ def _define_torchvision_op_schemas() -> bool:
     if hasattr(torch.ops.torchvision, "nms"):  # defined by another copy of this module
         return True
     lib = torch.library.Library("torchvision", "FRAGMENT")
-    # The schemas torchvision's C++ library registers (csrc/ops/nms.cpp, quantized qnms).
+    # nms as torchvision's csrc/ops/nms.cpp defines it; qnms takes the same arguments
+    # (see the fake kernels in torchvision/_meta_registrations.py).
     lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     _torchvision_schemas = lib

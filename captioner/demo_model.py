@@ -15,12 +15,21 @@ import math
 from pathlib import Path
 
 from captioner import compat
+from captioner.prompts import frame_tokens
 
 compat.apply()  # transformers' processors import torchaudio/torchvision (see compat)
 
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
+from tokenizers import (  # noqa: E402
+    AddedToken,
+    Tokenizer,
+    decoders,
+    models,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import (  # noqa: E402
     GenerationConfig,
     LlavaNextImageProcessor,
@@ -41,7 +50,6 @@ __all__ = [
     "IMAGE_TOKEN",
     "VIDEO_TOKEN",
     "build_demo_model",
-    "tokens_per_frame",
 ]
 
 DEMO_FRAME_SIZE = 64  # frames are resized/cropped to this square size (real model: 336)
@@ -80,22 +88,14 @@ CHAT_TEMPLATE = (
 _CORPUS = Path(__file__).with_name("data") / "demo_corpus.txt"
 _SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0..3, as Llama/Vicuna (+ pad)
 _BPE_VOCAB_SIZE = 3000
-_TEXT = dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=256)
+_TEXT = dict(
+    hidden_size=128, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=256
+)
 _VISION = dict(hidden_size=128, num_attention_heads=2, num_hidden_layers=2, intermediate_size=512)
 _LORA_B_STD = 0.2  # PEFT zero-inits B (a no-op adapter); random B makes it change outputs
 
 
-def tokens_per_frame(image_size: int, patch_size: int, spatial_pool_stride: int = 2) -> int:
-    """Placeholder tokens one video frame takes in the prompt (vLLM's LLaVA-NeXT-Video rule).
-
-    ``ceil((image_size // patch_size) / spatial_pool_stride) ** 2``: 144 for the real
-    model (336 px, patch 14), 16 for the demo model (64 px, patch 8).
-    """
-    grid = image_size // patch_size
-    return math.ceil(grid / spatial_pool_stride) ** 2
-
-
-DEMO_TOKENS_PER_FRAME = tokens_per_frame(DEMO_FRAME_SIZE, DEMO_PATCH_SIZE, DEMO_SPATIAL_POOL_STRIDE)
+DEMO_TOKENS_PER_FRAME = frame_tokens(DEMO_FRAME_SIZE, DEMO_PATCH_SIZE, DEMO_SPATIAL_POOL_STRIDE)
 
 
 def build_demo_model(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
@@ -167,7 +167,9 @@ def _build_tokenizer() -> PreTrainedTokenizerFast:
     lines = [line.strip() for line in _CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
     tok.train_from_iterator(lines, trainer=trainer)
     # Like the real checkpoint, <video> then <image> are added after the BPE vocabulary.
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (VIDEO_TOKEN, IMAGE_TOKEN)])
+    tok.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in (VIDEO_TOKEN, IMAGE_TOKEN)]
+    )
     bos_id = tok.token_to_id("<s>")
     # Llama/Vicuna tokenizers prepend BOS and append nothing.
     tok.post_processor = processors.TemplateProcessing(
@@ -190,7 +192,6 @@ def _build_tokenizer() -> PreTrainedTokenizerFast:
 def _build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaNextVideoConfig:
     vocab_size = 64 * math.ceil(len(tokenizer) / 64)  # padded like the real model (32064)
     grid = DEMO_FRAME_SIZE // DEMO_PATCH_SIZE
-    pinpoints = _grid_pinpoints()
     config = LlavaNextVideoConfig(
         text_config=dict(
             model_type="llama",
@@ -218,7 +219,7 @@ def _build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaNextVideoConfig:
         vision_feature_select_strategy="default",
         spatial_pool_mode="average",
         spatial_pool_stride=DEMO_SPATIAL_POOL_STRIDE,
-        image_grid_pinpoints=pinpoints,
+        image_grid_pinpoints=_grid_pinpoints(),
         image_seq_length=grid * grid,
         video_seq_length=DEMO_TOKENS_PER_FRAME * 2,
         tie_word_embeddings=False,
@@ -248,7 +249,9 @@ def _image_processor() -> LlavaNextImageProcessor:
     )
 
 
-def _save_base(model: LlavaNextVideoForConditionalGeneration, config: LlavaNextVideoConfig, base_dir: Path) -> None:
+def _save_base(
+    model: LlavaNextVideoForConditionalGeneration, config: LlavaNextVideoConfig, base_dir: Path
+) -> None:
     # transformers 5 names the CLIP tower "model.vision_tower.embeddings..."; vLLM (and
     # the hub checkpoints) expect "model.vision_tower.vision_model.embeddings...".
     prefix = "model.vision_tower."
@@ -267,7 +270,10 @@ def _save_base(model: LlavaNextVideoForConditionalGeneration, config: LlavaNextV
 
 
 def _save_adapter(
-    model: LlavaNextVideoForConditionalGeneration, adapter_dir: Path, base_dir: Path, generator: torch.Generator
+    model: LlavaNextVideoForConditionalGeneration,
+    adapter_dir: Path,
+    base_dir: Path,
+    generator: torch.Generator,
 ) -> None:
     from peft import LoraConfig, get_peft_model
 

@@ -119,14 +119,20 @@ def _bos(tokenizer: Any) -> int:
     return int(tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id])
 
 
-def tokens_per_frame(hf_config: Any) -> int:
+def frame_tokens(image_size: int, patch_size: int, spatial_pool_stride: int) -> int:
     """Tokens one frame costs in LLaVA-NeXT-Video: the patch grid pooled by `spatial_pool_stride`.
 
     Same arithmetic as vLLM's llava_next_video: 336 px / 14 px patches -> 24, pooled by 2 -> 144.
+    It does not depend on the input frame size: the processor resizes every frame.
     """
-    grid = hf_config.vision_config.image_size // hf_config.vision_config.patch_size
-    pooled = math.ceil(grid / hf_config.spatial_pool_stride)
+    pooled = math.ceil((image_size // patch_size) / spatial_pool_stride)
     return pooled * pooled
+
+
+def tokens_per_frame(hf_config: Any) -> int:
+    """`frame_tokens` for a LLaVA-NeXT-Video config."""
+    vision = hf_config.vision_config
+    return frame_tokens(vision.image_size, vision.patch_size, hf_config.spatial_pool_stride)
 
 
 def check_budget(

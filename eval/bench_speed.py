@@ -29,7 +29,7 @@ SENTENCES = [
 
 
 def main(clips: int = 3000) -> None:
-    from captioner.evaluate import run_eval
+    from captioner.evaluation.run import run_eval
 
     rng = random.Random(0)
     work = Path(tempfile.mkdtemp(prefix="eval-bench-"))

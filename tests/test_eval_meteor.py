@@ -14,8 +14,8 @@ from fractions import Fraction
 
 import pytest
 
-from captioner.morphemes import get_tokenizer
-from captioner.scores import meteor
+from captioner.evaluation.morphemes import get_tokenizer
+from captioner.evaluation.scores import meteor
 
 
 def by_formula(m: int, hyp_len: int, ref_len: int, chunks: int) -> float:

@@ -9,7 +9,7 @@ import kiwipiepy
 import pandas as pd
 import pytest
 
-from captioner.evaluate import EXIT_BAD_INPUT, EXIT_OK, EXIT_REGRESSION, run_eval
+from captioner.evaluation.run import EXIT_BAD_INPUT, EXIT_OK, EXIT_REGRESSION, run_eval
 
 # Hand-computed METEOR (see tests/test_eval_meteor.py for the formula):
 CAT = "고양이가 매트 위에 앉았다"  # 8 morphemes; identical caption: 1 - 0.5 * (1/8)^3

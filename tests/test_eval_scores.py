@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from captioner import scores
+from captioner.evaluation import scores
 
 # A small corpus scored with pycocoevalcap 1.2 (Cider().compute_score, Rouge().compute_score,
 # whitespace tokens) in a separate environment; pycocoevalcap is not a dependency. The

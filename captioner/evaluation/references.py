@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from captioner.morphemes import normalize_text
+from captioner.evaluation.morphemes import normalize_text
 
 MAX_LISTED_PROBLEMS = 20
 

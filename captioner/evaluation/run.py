@@ -25,9 +25,9 @@ from typing import Any
 import nltk
 import pandas as pd
 
-from captioner import scores
-from captioner.morphemes import Tokens, get_tokenizer, normalize_text
-from captioner.references import InputError, ReferenceSet, load_references, video_stem
+from captioner.evaluation import scores
+from captioner.evaluation.morphemes import Tokens, get_tokenizer, normalize_text
+from captioner.evaluation.references import InputError, ReferenceSet, load_references, video_stem
 
 OPENING_WORDS = 2
 BOOTSTRAP_RESAMPLES = 1000
@@ -507,7 +507,7 @@ def evaluate(
 
 def write_outputs(ev: Evaluation, out_dir: Path, worst_best: int = 5) -> None:
     """Write ``metrics.json``, ``per_video.csv`` and ``report.html`` into ``out_dir``."""
-    from captioner.report import render_report  # matplotlib is only needed here
+    from captioner.evaluation.report import render_report  # matplotlib is only needed here
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

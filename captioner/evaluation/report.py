@@ -17,7 +17,7 @@ import jinja2
 import pandas as pd
 
 if TYPE_CHECKING:
-    from captioner.evaluate import Evaluation
+    from captioner.evaluation.run import Evaluation
 
 STRIP_FRAMES = 6
 STRIP_SHORT_SIDE = 128
@@ -87,7 +87,7 @@ def _plots(ev: Evaluation) -> dict[str, str]:
 
 def _reference_lengths(ev: Evaluation) -> list[int]:
     """Morpheme counts of all references (already tokenized, so served from the cache)."""
-    from captioner.morphemes import get_tokenizer
+    from captioner.evaluation.morphemes import get_tokenizer
 
     tokens = get_tokenizer().tokenize_many(t for c in ev.references.clips.values() for t in c.references)
     return [len(v) for v in tokens.values()]
@@ -202,7 +202,7 @@ def render_report(ev: Evaluation, path: Path, worst_best: int = 5) -> None:
     )
 
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("captioner", "templates"),
+        loader=jinja2.PackageLoader("captioner.evaluation", "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
     )

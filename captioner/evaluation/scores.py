@@ -1,7 +1,7 @@
 """Caption metrics on pre-tokenized text: METEOR, BLEU-4, ROUGE-L, CIDEr-D, diversity.
 
 All functions take token sequences (morphemes for Korean); tokenization lives in
-:mod:`captioner.morphemes`. METEOR is NLTK's own ``meteor_score`` with its stemming and
+:mod:`captioner.evaluation.morphemes`. METEOR is NLTK's own ``meteor_score`` with its stemming and
 WordNet synonym stages turned into no-ops, so scores equal NLTK's wherever NLTK would
 not have matched a stem or a synonym, and nothing is ever downloaded.
 """

@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[cpu,test]"
 	touch $(STAMP)
 
-# Captions the bundled sample clips with the demo checkpoint (random weights: the captions are noise).
+# Captions the bundled sample clips with the demo checkpoint (random weights: the captions are noise),
+# then scores them against the samples' Korean references: open demo-out/report/report.html.
 demo: $(STAMP)
 	$(BIN)/captioner run samples --out demo-out --adapter demo
+	$(BIN)/captioner eval demo-out/captions.jsonl --refs samples/references.jsonl --out demo-out/report
 
 # The report test opens the evaluation report in headless Chromium (Debian's package).
 test: $(STAMP)

@@ -133,6 +133,42 @@ def eval_(
     raise typer.Exit(run_eval(captions, refs, out, against=against, regression_threshold=threshold, worst_best=show))
 
 
+@app.command()
+def bench(
+    out: Path = typer.Option(..., "--out", "-o", help="JSON file for every figure and setting."),
+    model: Optional[str] = typer.Option(None, help="Model folder or hub id; 'demo' = built-in demo checkpoint."),
+    adapter: Optional[str] = typer.Option(None, help="LoRA adapter folder; 'demo' = the demo adapter."),
+    tier: Optional[str] = typer.Option(None, help="auto|cpu|t4|l4|a100|h100."),
+    frames: Optional[int] = typer.Option(None, help="Frames per clip (default: the tier's)."),
+    clips: int = typer.Option(16, help="Clips (720p/1080p, 5-30 s) for the stage measurements."),
+    naive_clips: int = typer.Option(4, help="Clips for the naive one-at-a-time baseline (it is slow)."),
+    memory_clips: int = typer.Option(1000, help="Clips in the long end-to-end run that watches memory."),
+    clips_dir: Optional[Path] = typer.Option(None, help="Where benchmark clips are written and reused."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a tier profile field: FIELD=VALUE."),
+) -> None:
+    """Measure end to end, decode only, engine only, prefix cache, the naive way and memory."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from captioner.bench import run_bench, table
+    from captioner.outputs import write_atomic
+    from captioner.pipeline import ConfigError
+
+    _setup_logging(False)
+    console = Console(stderr=True)
+    settings = _settings(model=model, adapter=adapter, tier=tier, frames=frames, sets=sets)
+    try:
+        result = run_bench(settings, clips, naive_clips, memory_clips, clips_dir, log=console.log)
+    except ConfigError as exc:
+        _fail(str(exc))
+    write_atomic(out, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+    summary = Table("measure", "result", title=f"captioner bench ({result['settings']['profile']['name']})")
+    for row in table(result):
+        summary.add_row(*row)
+    Console().print(summary)
+    typer.echo(f"written: {out}", err=True)
+
+
 @app.command("demo-model")
 def demo_model(
     directory: Path = typer.Argument(..., help="Folder to write base/ and adapter/ into."),
@@ -143,6 +179,137 @@ def demo_model(
 
     base, adapter = build_demo_model(directory, seed=seed)
     typer.echo(f"base model: {base}\nadapter:    {adapter}")
+
+
+# --- the service: worker, submit, status, cancel, beat (README "Running as a service") ---------------
+
+
+def _service_settings(**flags: Any) -> Settings:
+    """`_settings`, with bad values reported as one clear message."""
+    from pydantic import ValidationError
+
+    try:
+        return _settings(**flags)
+    except (ValidationError, ValueError) as exc:
+        errors = exc.errors() if isinstance(exc, ValidationError) else None
+        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors) if errors else str(exc))
+        raise  # unreachable: _fail exits
+
+
+def _job_store(settings: Settings, patient: bool = False) -> Any:
+    from captioner.service import JobStore, SubmitError
+
+    store = JobStore.connect(settings, patient=patient)
+    try:
+        store.ping()
+    except SubmitError as exc:
+        _fail(str(exc).replace("; nothing was queued", ""))
+    return store
+
+
+@app.command()
+def worker(
+    model: Optional[str] = typer.Option(None, help="Model folder or hub id; 'demo' = built-in demo checkpoint."),
+    adapter: Optional[str] = typer.Option(None, help="LoRA adapter folder; 'demo' = the demo adapter."),
+    tier: Optional[str] = typer.Option(None, help="auto|cpu|t4|l4|a100|h100."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a tier profile field: FIELD=VALUE."),
+    name: Optional[str] = typer.Option(None, help="Worker name (default captioner-PID@HOST)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log engine details."),
+) -> None:
+    """Run one caption worker (one per GPU): load the engine once, then caption chunks from the queue."""
+    from captioner.engine import EngineError
+    from captioner.pipeline import ConfigError
+
+    _setup_logging(verbose)
+    settings = _service_settings(model=model, adapter=adapter, tier=tier, sets=sets)
+    import workers.tasks
+
+    runtime = workers.tasks.use_settings(settings)
+    try:
+        runtime.start()  # before consuming: a worker that cannot caption must not take chunks
+    except (ConfigError, EngineError) as exc:
+        _fail(str(exc))
+    workers.tasks.app.worker_main(
+        [
+            "worker",
+            f"--hostname={name or f'captioner-{os.getpid()}@%h'}",
+            f"--queues={settings.queue}",
+            "--pool=solo",
+            "--concurrency=1",
+            "--loglevel=INFO",
+        ]
+    )
+
+
+@app.command()
+def submit(
+    video_dirs: list[Path] = typer.Argument(..., help="Folders to caption (under the allowed roots)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for captions.jsonl and summary.json."),
+    prompt: Optional[str] = typer.Option(None, help="Prompt name under prompts/, or name@version."),
+    sampling: Optional[str] = typer.Option(None, help="default | deterministic (greedy, for evaluation)."),
+    frames: Optional[int] = typer.Option(None, help="Frames per clip (default: the worker's tier's)."),
+    tier: Optional[str] = typer.Option(None, help="The workers' tier, which sizes the chunks."),
+    chunk_size: Optional[int] = typer.Option(None, help="Videos per chunk (default: 2 x the tier's batch)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait until the job is finished and print its status."),
+) -> None:
+    """Queue VIDEO_DIRS for the workers and print the job id. Exit status with --wait: 0 done, 1 not."""
+    from captioner.service import SubmitError, submit as submit_job, wait as wait_job
+
+    settings = _service_settings(
+        prompt=prompt, sampling=sampling, frames=frames, tier=tier, chunk_size=chunk_size
+    )
+    try:
+        job_id = submit_job(video_dirs, out, settings)
+    except SubmitError as exc:
+        _fail(str(exc))
+    typer.echo(job_id)
+    if wait:
+
+        def progress(current: dict) -> None:
+            typer.echo(
+                f"{current['state']}: {current['ok']} ok, {current['failed']} failed, "
+                f"{current['skipped']} skipped, {current['pending']} pending",
+                err=True,
+            )
+
+        final = wait_job(_job_store(settings, patient=True), job_id, poll_s=2.0, on_poll=progress)
+        typer.echo(json.dumps(final, ensure_ascii=False, indent=2))
+        raise typer.Exit(0 if final["state"] == "done" else 1)
+
+
+@app.command()
+def status(job_id: str = typer.Argument(..., help="Job id printed by `captioner submit`.")) -> None:
+    """Print a job's state, counts (videos, ok, failed, skipped, pending), timings and workers as JSON."""
+    from captioner.service import JobNotFound, status as job_status
+
+    try:
+        current = job_status(_job_store(_service_settings()), job_id)
+    except JobNotFound as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(current, ensure_ascii=False, indent=2))
+
+
+@app.command()
+def cancel(job_id: str = typer.Argument(..., help="Job id printed by `captioner submit`.")) -> None:
+    """Cancel a job: chunks not started are skipped, running chunks stop after their current clip."""
+    from captioner.service import JobNotFound, cancel as cancel_job
+
+    try:
+        current = cancel_job(_job_store(_service_settings()), job_id)
+    except JobNotFound as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(current, ensure_ascii=False, indent=2))
+
+
+@app.command()
+def beat() -> None:
+    """Run Celery beat: queue the nightly job of the watched folders on the configured crontab."""
+    settings = _service_settings()
+    if not settings.nightly_folders or settings.nightly_out is None:
+        _fail("no nightly job configured: set nightly_folders and nightly_out (CAPTIONER_* or CAPTIONER_CONFIG)")
+    from workers.app import app_for
+
+    app_for(settings).start(["beat", "--loglevel=INFO"])
 
 
 def main() -> None:

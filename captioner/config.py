@@ -1,6 +1,7 @@
 """All configuration in one typed place.
 
-Precedence, highest first: CLI flags, `CAPTIONER_*` environment variables, defaults here.
+Precedence, highest first: CLI flags, `CAPTIONER_*` environment variables, the TOML file named by
+`CAPTIONER_CONFIG` (if set), defaults here.
 Tier profile fields are overridden with `--set FIELD=VALUE` or `CAPTIONER_PROFILE__FIELD=VALUE`.
 """
 
@@ -8,10 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from captioner.prompts import DEFAULT_PROMPTS_DIR
 
@@ -37,6 +44,14 @@ SAMPLING_PRESETS: dict[str, Sampling] = {
 }
 
 
+CONFIG_ENV = "CAPTIONER_CONFIG"  # names an optional TOML file with any of the settings below
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# Safe by default: a folder that exists only where an administrator made it for captioning.
+DEFAULT_ALLOWED_ROOTS = (Path("/srv/captioner"),)
+
+PathList = Annotated[list[Path], NoDecode]  # from the environment: paths separated by ':'
+
+
 def default_home() -> Path:
     """Where the demo checkpoint is cached: $CAPTIONER_HOME, else ~/.cache/captioner."""
     return Path(os.environ.get("CAPTIONER_HOME", Path.home() / ".cache" / "captioner"))
@@ -58,6 +73,63 @@ class Settings(BaseSettings):
     decode_timeout: float = Field(60.0, gt=0, description="Seconds before a clip's decoder process is killed.")
     home: Path = Field(default_factory=default_home)
     profile: dict[str, Any] = Field(default_factory=dict, description="Overrides of tier profile fields.")
+
+    # Service (`captioner worker | submit | status | cancel | beat`).
+    broker_url: str = Field(DEFAULT_REDIS_URL, description="Celery broker: redis:// or rediss:// (TLS) URL.")
+    result_backend: str | None = Field(None, description="Redis URL for job state and results; default broker_url.")
+    queue: str = Field("captioner", description="Queue of caption chunks; one queue per model/adapter.")
+    allowed_roots: PathList = Field(
+        default_factory=lambda: list(DEFAULT_ALLOWED_ROOTS),
+        description="Submitted folders and output folders must lie under one of these.",
+    )
+    chunk_size: int | None = Field(None, gt=0, description="Videos per queued chunk; default 2 x the tier's batch.")
+    job_ttl: int = Field(7 * 24 * 3600, gt=0, description="Seconds a finished job's state is kept in Redis.")
+    visibility_timeout: int = Field(
+        3600, gt=0, description="Seconds after which a chunk of a vanished worker is redelivered; > longest chunk."
+    )
+    chunk_retries: int = Field(3, ge=0, description="Retries of a chunk after an engine or worker error.")
+    nightly_folders: PathList = Field(default_factory=list, description="Folders captioned by the nightly job.")
+    nightly_out: Path | None = Field(None, description="Output folder of the nightly job.")
+    nightly_schedule: str = Field("0 2 * * *", description="Crontab (minute hour day month weekday) of the nightly job.")
+    timezone: str = Field("UTC", description="Time zone of the nightly schedule and of dated summaries.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags over environment over the optional TOML file named by `CAPTIONER_CONFIG`."""
+        sources = [init_settings, env_settings, dotenv_settings]
+        config_file = os.environ.get(CONFIG_ENV)
+        if config_file:
+            path = Path(config_file).expanduser()
+            if not path.is_file():  # a typo must not silently fall back to defaults (e.g. the broker)
+                raise ValueError(f"{CONFIG_ENV}={config_file}: no such config file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return (*sources, file_secret_settings)
+
+    @field_validator("allowed_roots", "nightly_folders", mode="before")
+    @classmethod
+    def _split_paths(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from the environment: "/a:/b"
+            return [part for part in value.split(":") if part.strip()]
+        return value
+
+    @field_validator("nightly_schedule")
+    @classmethod
+    def _five_crontab_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"{value!r}: a crontab needs five fields (minute hour day-of-month month day-of-week)")
+        return value
+
+    @property
+    def store_url(self) -> str:
+        """Redis URL of the job state (the result store)."""
+        return self.result_backend or self.broker_url
 
     def sampling_params(self) -> Sampling:
         """The sampling preset in force."""

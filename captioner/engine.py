@@ -53,6 +53,13 @@ def _lora_rank(adapter: Path) -> int:
     return fitting[0]
 
 
+def _engine_dead(exc: BaseException) -> bool:
+    """True for vLLM's EngineDeadError: the engine must be rebuilt, retrying on it is useless."""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    return isinstance(exc, EngineDeadError)
+
+
 class CaptionEngine:
     """vLLM with the caption adapter and the tier's settings.
 
@@ -134,6 +141,8 @@ class CaptionEngine:
             )
             return [self._to_generation(out) for out in outputs]
         except Exception as exc:  # noqa: BLE001 - isolate the clip that broke the batch
+            if _engine_dead(exc):
+                raise  # no clip can succeed on a dead engine: the caller rebuilds it
             if len(videos) == 1:
                 return [Generation("", 0, 0, 0, None, error=f"engine error: {type(exc).__name__}: {exc}")]
             log.warning("batch of %d failed (%s); retrying clip by clip", len(videos), exc)

@@ -102,10 +102,11 @@ def sample_frames(path: Path | str, num_frames: int, short_side: int | None = No
     input size), which is much cheaper than decoding full frames and resizing. Raises
     `FrameError` naming the file and the reason for anything that is not a readable video.
     """
-    return _decode(Path(path), num_frames, short_side).frames
+    return decode_clip(Path(path), num_frames, short_side).frames
 
 
-def _decode(path: Path, num_frames: int, short_side: int | None) -> ClipFrames:
+def decode_clip(path: Path, num_frames: int, short_side: int | None) -> ClipFrames:
+    """`sample_frames` with timing and source facts; what decoder processes run."""
     import time
 
     started = time.perf_counter()
@@ -163,7 +164,7 @@ class FrameDecoder:
         """`decode` replaces the decord decoder (a module-level function, so spawned workers can import it)."""
         from pebble import ProcessPool
 
-        self._decode = decode or _decode
+        self._decode = decode or decode_clip
         self.num_frames = num_frames
         self.short_side = short_side
         self.timeout = timeout

@@ -2,7 +2,9 @@
 
 Each record is appended with a single `write` under an exclusive lock, so a killed run loses at
 most the clips in flight and writers in several processes never interleave inside a line. A torn
-last line (power loss) is cut off the next time the file is opened.
+last line (power loss) is cut off the next time the file is opened. `compact` replaces the file
+while holding the same lock, and a writer re-opens the file when it finds it replaced, so
+compaction is safe while other processes (queue workers) append.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import json
 import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +72,12 @@ class RecordWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = self._open()
         with self._locked():
             _cut_torn_tail(self._fd)
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, record: CaptionRecord) -> None:
         """Append one record in a single write."""
@@ -85,8 +91,21 @@ class RecordWriter:
         """Close the file."""
         os.close(self._fd)
 
-    def _locked(self) -> _Lock:
-        return _Lock(self._fd)
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        # `compact` (in this or another process) may have replaced the file since it was opened;
+        # appending to the replaced file would lose the record, so lock the file now at `path`.
+        while True:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            if _is_current(self._fd, self.path):
+                break
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = self._open()
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def __enter__(self) -> RecordWriter:
         return self
@@ -95,15 +114,29 @@ class RecordWriter:
         self.close()
 
 
-class _Lock:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+def _is_current(fd: int, path: Path) -> bool:
+    """True when `fd` is still the file at `path` (not replaced by `compact`, not deleted)."""
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino)
 
-    def __enter__(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
 
-    def __exit__(self, *exc_info: object) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
+@contextmanager
+def _lock_current(path: Path) -> Iterator[None]:
+    """Hold the writers' lock on the file now at `path` (which must exist)."""
+    while True:
+        fd = os.open(path, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _is_current(fd, path):
+            break
+        os.close(fd)  # replaced meanwhile by another compaction: lock the new file
+    try:
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _cut_torn_tail(fd: int) -> None:
@@ -161,17 +194,21 @@ def latest_by_video(records: Iterable[dict[str, Any]], key: tuple | None = None)
 def compact(path: Path) -> int:
     """Rewrite the file keeping only the newest record per (video, version); return records dropped.
 
-    Done atomically (temporary file + rename) so a kill during compaction leaves the old file.
+    Done atomically (temporary file + rename) so a kill during compaction leaves the old file, and
+    under the writers' lock, so records appended by other processes meanwhile are not lost.
     """
-    records = read_records(path)
-    newest: dict[tuple, dict[str, Any]] = {}
-    for record in records:
-        newest.pop((record["video"], version_key(record)), None)  # re-insert: keep file order by recency
-        newest[(record["video"], version_key(record))] = record
-    if len(newest) == len(records):
+    if not path.exists():
         return 0
-    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in newest.values()))
-    return len(records) - len(newest)
+    with _lock_current(path):
+        records = read_records(path)
+        newest: dict[tuple, dict[str, Any]] = {}
+        for record in records:
+            newest.pop((record["video"], version_key(record)), None)  # re-insert: keep file order by recency
+            newest[(record["video"], version_key(record))] = record
+        if len(newest) == len(records):
+            return 0
+        write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in newest.values()))
+        return len(records) - len(newest)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -336,6 +336,29 @@ def caption_clips(
             yield finish(record), shareable
 
 
+def caption_videos(
+    videos: list[Path],
+    out_dir: Path,
+    plan: Plan,
+    engine_factory: Callable[[], Any],
+    stats: RunStats,
+    on_record: Callable[[CaptionRecord], None] = lambda record: None,
+) -> RunStats:
+    """Caption `videos` (already known to need it) into `out_dir/captions.jsonl`; count them in `stats`.
+
+    The unit of work of both `run` and a queue worker's chunk. Engine death (vLLM's
+    EngineDeadError) propagates, so the caller can rebuild the engine and try again.
+    """
+    if not videos:
+        return stats
+    workers = min(plan.profile.decode_workers, len(videos))
+    with FrameDecoder(plan.frames, plan.frame_size, workers, plan.settings.decode_timeout) as decoder:
+        with RecordWriter(out_dir / CAPTIONS_FILE) as writer:
+            for record, shareable in caption_clips(videos, plan, writer, decoder, engine_factory, on_record):
+                stats.add(record, shareable)
+    return stats
+
+
 def run(
     folders: list[Path],
     out_dir: Path,
@@ -355,23 +378,18 @@ def run(
         check_engine(engine, plan)
     captions = out_dir / CAPTIONS_FILE
     todo = pending_videos(videos, captions, plan)
-    skipped = len(videos) - len(todo)
-    stats = RunStats(videos=len(videos), skipped=skipped)
-    on_start(len(todo), skipped)
+    stats = RunStats(videos=len(videos), skipped=len(videos) - len(todo))
+    on_start(len(todo), stats.skipped)
+
+    def engine_factory() -> Any:
+        if engine is not None:
+            return engine
+        loaded = load_engine(plan)  # only now: the first clips are already decoding
+        stats.engine_load_s = loaded.load_s
+        return loaded
+
     if todo:
-
-        def engine_factory() -> Any:
-            if engine is not None:
-                return engine
-            loaded = load_engine(plan)
-            stats.engine_load_s = loaded.load_s
-            return loaded
-
-        workers = min(plan.profile.decode_workers, len(todo))
-        with FrameDecoder(plan.frames, plan.frame_size, workers, settings.decode_timeout) as decoder:
-            with RecordWriter(captions) as writer:
-                for record, shareable in caption_clips(todo, plan, writer, decoder, engine_factory, on_record):
-                    stats.add(record, shareable)
+        caption_videos(todo, out_dir, plan, engine_factory, stats, on_record)
         compact(captions)
     summary = stats.summary(plan)
     write_summary(out_dir, summary)

@@ -215,6 +215,9 @@ def _engine_only_worker(settings: Any, frames: list[np.ndarray], prefix_caching:
     engine = CaptionEngine(plan.model, plan.profile, plan.adapter, seed=settings.seed,
                            enable_prefix_caching=prefix_caching)
     _engine_pass(engine, plan, frames[: plan.profile.batch_size])  # warm-up, as for the main engine
+    if prefix_caching:
+        engine.reset_prefix_cache()
+        engine.warm_prefix(plan.prompt)
     return _engine_pass(engine, plan, frames)
 
 
@@ -259,16 +262,19 @@ def run_bench(
     engine.warm_prefix(plan.prompt)
     _engine_pass(engine, plan, frames[: plan.profile.batch_size])  # warm-up: first-call kernels
     log("engine only")
+    engine.reset_prefix_cache()  # the same clips must not be served whole from an earlier pass
+    engine.warm_prefix(plan.prompt)
     engine_on = _engine_pass(engine, plan, frames)
 
     log("end to end")
+    engine.reset_prefix_cache()
     with tempfile.TemporaryDirectory() as tmp:
         e2e_started = time.perf_counter()
         e2e = _end_to_end(plan, engine, paths, Path(tmp))
         e2e_s = time.perf_counter() - e2e_started
     shareable = engine.shareable_prefix_tokens(plan.prompt)
 
-    log(f"memory: {memory_clips} clips end to end")
+    log(f"memory: {memory_clips} clips end to end (cycling through the {len(paths)} clips)")
     rss_warm = psutil.Process().memory_info().rss
     long_paths = [paths[i % len(paths)] for i in range(memory_clips)]
     with tempfile.TemporaryDirectory() as tmp, _RssSampler() as sampler:

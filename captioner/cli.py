@@ -229,6 +229,8 @@ def worker(
         runtime.start()  # before consuming: a worker that cannot caption must not take chunks
     except (ConfigError, EngineError) as exc:
         _fail(str(exc))
+    if not verbose:  # vLLM's logging setup (at engine load) resets it; repeated on every generate() on CPU
+        logging.getLogger("vllm.v1.worker.cpu_worker").setLevel(logging.ERROR)
     workers.tasks.app.worker_main(
         [
             "worker",
@@ -243,7 +245,9 @@ def worker(
 
 @app.command()
 def submit(
-    video_dirs: list[Path] = typer.Argument(..., help="Folders to caption (under the allowed roots)."),
+    video_dirs: list[Path] = typer.Argument(
+        ..., help="Folders to caption (under the allowed roots).", readable=False  # checked by submit, one message
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for captions.jsonl and summary.json."),
     prompt: Optional[str] = typer.Option(None, help="Prompt name under prompts/, or name@version."),
     sampling: Optional[str] = typer.Option(None, help="default | deterministic (greedy, for evaluation)."),

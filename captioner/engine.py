@@ -95,6 +95,8 @@ class CaptionEngine:
             enforce_eager=profile.enforce_eager,
             enable_prefix_caching=enable_prefix_caching,
             limit_mm_per_prompt={"video": 1, "image": 0},
+            # Every video is captioned once: a cache of processed videos would only hold memory.
+            mm_processor_cache_gb=0,
             seed=seed,
         )
         if profile.block_size is not None:
@@ -105,6 +107,10 @@ class CaptionEngine:
         self.load_s = time.perf_counter() - started
         self._lora = LoRARequest("caption", 1, str(adapter)) if adapter is not None else None
         log.info("engine loaded in %.1f s (model %s, tier %s, adapter %s)", self.load_s, model, profile.name, adapter)
+
+    def reset_prefix_cache(self) -> None:
+        """Forget cached prompt blocks (benchmarks: each pass starts cold)."""
+        self.llm.reset_prefix_cache()
 
     def warm_prefix(self, prompt: RenderedPrompt, with_adapter: bool = True) -> None:
         """Compute the shared prompt prefix once, so even the first batch is served from the cache.

@@ -281,8 +281,10 @@ def caption_clips(
 
     Yields each record with the prompt-prefix tokens the cache could have served for it.
 
-    Up to two batches are decoded ahead of the engine, so decoding overlaps inference; the engine
-    is created (by `engine_factory`) only once the first clips are already decoding.
+    Up to two batches are decoded ahead of the engine, so decoding overlaps inference. The engine
+    takes whatever is decoded when it is free (up to a batch): when the engine is the slower stage,
+    clips pile up during each call and batches are full; when decoding is slower, the engine never
+    waits for a full batch. It is created (by `engine_factory`) once the first clips are decoding.
     """
     batch_size = plan.profile.batch_size
     queue = iter(videos)
@@ -307,8 +309,9 @@ def caption_clips(
     shareable = engine.shareable_prefix_tokens(plan.prompt)
     sampling = plan.settings.sampling_params()
     while in_flight or ready:
-        while in_flight and len(ready) < batch_size:
-            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+        if in_flight:
+            # Block only when nothing is ready; otherwise just collect what has finished meanwhile.
+            done, _ = wait(in_flight, timeout=None if not ready else 0, return_when=FIRST_COMPLETED)
             for future in done:
                 video = in_flight.pop(future)
                 try:

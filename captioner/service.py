@@ -135,6 +135,7 @@ def connect(url: str, patient: bool) -> redis.Redis:
 
 # Count one video once: add it to the job's set and bump counters only if it was not there yet.
 _ACCOUNT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 redis.call('HINCRBY', KEYS[1], 'output_tokens', ARGV[3])
@@ -158,6 +159,7 @@ return redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
 
 # A chunk ends: returns 1 when every chunk is done and the job still needs finishing.
 _CHUNK_DONE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
   redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
   redis.call('HINCRBYFLOAT', KEYS[1], 'busy_s', ARGV[3])
@@ -257,6 +259,10 @@ class JobStore:
         """Mark chunk `index` finished; True when the job is complete and needs finishing."""
         keys = [self.key(job_id)] + [self.key(job_id, part) for part in ("chunks", "workers", "active")]
         return bool(self._chunk_done(keys=keys, args=[str(index), worker, f"{busy_s:.3f}"]))
+
+    def leave(self, job_id: str, index: int, worker: str) -> None:
+        """`worker` stopped running chunk `index` without finishing it."""
+        self.redis.hdel(self.key(job_id, "active"), worker)
 
     def finish(self, job_id: str, state: str, error: str = "") -> bool:
         """Move the job to a finished `state` and let its keys expire; False if it was finished already."""
@@ -595,7 +601,7 @@ def run_chunk(
 
     def on_record(record: Any) -> None:
         store.account(job_id, record.video, record.status, record)
-        if store.state(job_id) == "cancelled":
+        if store.state(job_id) not in ("queued", "running"):  # cancelled (or expired since)
             raise _Cancelled
 
     try:
@@ -607,6 +613,7 @@ def run_chunk(
         else:
             caption_videos(pending, out_dir, plan, lambda: runtime.engine(plan), stats, on_record)
     except _Cancelled:
+        store.leave(job_id, index, worker)
         log.info("job %s chunk %d: job cancelled; stopped", job_id, index)
         return {"cancelled": True}
     except Exception as exc:  # noqa: BLE001 - any failure: retry the chunk, finally fail its clips

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 STRIP_FRAMES = 6
 STRIP_SHORT_SIDE = 128
+STRIP_TIMEOUT_S = 30.0  # a clip whose frames take longer is shown without a strip
 MAX_LISTED_ROWS = 500  # longer lists are cut in the HTML; per_video.csv has them all
 
 
@@ -93,19 +94,40 @@ def _reference_lengths(ev: Evaluation) -> list[int]:
     return [len(v) for v in tokens.values()]
 
 
-def _frame_strip(video: str) -> tuple[str | None, str | None]:
+class _Strips(dict):
+    """Frame strips by video path, decoded on first use by a killable decoder process.
+
+    decord can hang on a damaged file; in the report's own process that would hang the report.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._decoder: Any = None
+
+    def __missing__(self, video: str) -> tuple[str | None, str | None]:
+        if self._decoder is None:
+            from captioner.frames import FrameDecoder  # decoders start only when a report needs frames
+
+            self._decoder = FrameDecoder(STRIP_FRAMES, STRIP_SHORT_SIDE, workers=1, timeout=STRIP_TIMEOUT_S)
+        self[video] = _frame_strip(video, self._decoder)
+        return self[video]
+
+    def close(self) -> None:
+        if self._decoder is not None:
+            self._decoder.close()
+
+
+def _frame_strip(video: str, decoder: Any) -> tuple[str | None, str | None]:
     """A JPEG strip of frames of ``video`` as a ``data:`` URI, or ``(None, reason)``.
 
-    Any failure (missing file, undecodable video, frame reader not available) becomes a
-    reason shown in place of the strip.
+    Any failure (missing file, undecodable or hanging video, frame reader not available)
+    becomes a reason shown in place of the strip.
     """
     path = Path(video)
     if not path.is_file():
         return None, f"video not found: {video}"
     try:
-        from captioner.frames import sample_frames  # decoders load only when a report needs frames
-
-        frames = sample_frames(path, STRIP_FRAMES, short_side=STRIP_SHORT_SIDE)
+        frames = decoder.submit(path).result().frames
     except ImportError as exc:
         return None, f"frame reader unavailable ({exc})"
     except Exception as exc:  # FrameError and anything a broken container raises
@@ -121,15 +143,13 @@ def _frame_strip(video: str) -> tuple[str | None, str | None]:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), None
 
 
-def _cards(ev: Evaluation, videos: list[str], strips: dict[str, tuple[str | None, str | None]]) -> list[dict]:
+def _cards(ev: Evaluation, videos: list[str], strips: _Strips) -> list[dict]:
     """Per-clip cards: scores, caption beside references, frames."""
     run = ev.run.per_video.set_index("video")
     base = ev.baseline.per_video.set_index("video") if ev.baseline is not None else None
     cards = []
     for video in videos:
         row = run.loc[video]
-        if row["path"] not in strips:
-            strips[row["path"]] = _frame_strip(row["path"])
         image, reason = strips[row["path"]]
         card = {
             "video": video,
@@ -175,18 +195,7 @@ def render_report(ev: Evaluation, path: Path, worst_best: int = 5) -> None:
     worst = scored["video"].head(worst_best).tolist()
     rest = scored[~scored["video"].isin(worst)]
     best = rest.sort_values(["meteor", "video"], ascending=[False, True])["video"].head(worst_best).tolist()
-    strips: dict[str, tuple[str | None, str | None]] = {}
-    changes = {"drops": [], "gains": []}
-    if ev.baseline is not None:
-        merged = df.merge(ev.baseline.per_video[["video", "meteor"]], on="video", suffixes=("", "_baseline"))
-        merged["delta"] = merged["meteor"] - merged["meteor_baseline"]
-        merged = merged.dropna(subset=["delta"])
-        drops = merged[merged["delta"] < 0].sort_values(["delta", "video"])["video"].head(worst_best).tolist()
-        gains = merged[merged["delta"] > 0].sort_values(["delta", "video"], ascending=[False, True])
-        changes = {
-            "drops": _cards(ev, drops, strips),
-            "gains": _cards(ev, gains["video"].head(worst_best).tolist(), strips),
-        }
+    strips = _Strips()
 
     reason = {"failed": "failed", "empty_caption": "empty caption", "no_caption": "no caption record"}
     missing = df[df["status"].isin(list(reason))].assign(reason=lambda d: d["status"].map(reason))
@@ -207,13 +216,28 @@ def render_report(ev: Evaluation, path: Path, worst_best: int = 5) -> None:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["fmt"] = _fmt
+    try:
+        changes = {"drops": [], "gains": []}
+        if ev.baseline is not None:
+            merged = df.merge(ev.baseline.per_video[["video", "meteor"]], on="video", suffixes=("", "_baseline"))
+            merged["delta"] = merged["meteor"] - merged["meteor_baseline"]
+            merged = merged.dropna(subset=["delta"])
+            drops = merged[merged["delta"] < 0].sort_values(["delta", "video"])["video"].head(worst_best).tolist()
+            gains = merged[merged["delta"] > 0].sort_values(["delta", "video"], ascending=[False, True])
+            changes = {
+                "drops": _cards(ev, drops, strips),
+                "gains": _cards(ev, gains["video"].head(worst_best).tolist(), strips),
+            }
+        worst_cards, best_cards = _cards(ev, worst, strips), _cards(ev, best, strips)
+    finally:
+        strips.close()
     html = env.get_template("eval_report.html.j2").render(
         ev=ev,
         s=ev.run.summary,
         cmp=ev.comparison,
         plots=_plots(ev),
-        worst=_cards(ev, worst, strips),
-        best=_cards(ev, best, strips),
+        worst=worst_cards,
+        best=best_cards,
         changes=changes,
         categories_table=_table(per_category) if len(per_category) else "",
         missing_table=missing_table if len(missing) else "",

@@ -1,0 +1,556 @@
+"""Captioning as a service: real Redis servers, real Celery worker processes, the real vLLM engine.
+
+The tests start their own `redis-server` (append-only file, so a restart keeps the queue) on a free
+port, and two `captioner worker` processes on the demo checkpoint, shared by the module. Worker
+tests run in file order; the last two kill a worker and restart Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from captioner.config import Settings
+from captioner.outputs import read_records
+from captioner.service import (
+    NIGHTLY_TASK,
+    JobNotFound,
+    JobStore,
+    SubmitError,
+    cancel,
+    enqueue,
+    job_options,
+    secure_url,
+    status,
+    submit,
+)
+from captioner.synth import write_clips
+
+CLI = [sys.executable, "-m", "captioner.cli"]
+CHUNK = 2  # videos per chunk in these tests
+VISIBILITY = 20  # s before a vanished worker's chunk is redelivered (production: an hour)
+HOST = socket.gethostname()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server of our own, persisting to an append-only file so it survives a restart."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.port = _free_port()
+        self.proc: subprocess.Popen | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=(self.dir / "redis.log").open("a"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: redis flushes the AOF and exits
+            self.proc.wait(30)
+
+
+class Worker:
+    """A `captioner worker` process (its own process group, so its decoder processes die with it)."""
+
+    def __init__(self, name: str, env: dict[str, str], logs: Path) -> None:
+        self.name = f"{name}@{HOST}"
+        self.log = logs / f"{name}.log"
+        self.proc = subprocess.Popen(
+            [*CLI, "worker", "--name", f"{name}@%h"],
+            env=env, stdout=self.log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while f"{self.name} ready." not in self.log.read_text(errors="replace"):
+            assert self.proc.poll() is None, f"worker {self.name} exited:\n{self.log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"worker {self.name} not ready:\n{self.log.read_text()[-3000:]}"
+            time.sleep(0.5)
+
+    def kill(self) -> None:
+        """SIGKILL the worker process alone, as the OOM killer would."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(30)
+
+
+def wait_job(store: JobStore, job_id: str, timeout: float = 180, states=("done", "cancelled", "failed")) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        current = status(store, job_id)
+        if current["state"] in states:
+            return current
+        assert time.monotonic() < deadline, f"job still {current}"
+        time.sleep(0.3)
+
+
+def one_record_each(out: Path, videos: list[Path]) -> dict[str, dict]:
+    """Assert every line of captions.jsonl is a whole JSON record and each video has exactly one."""
+    lines = (out / "captions.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]  # a corrupt (interleaved) line fails here
+    counts = Counter(r["video"] for r in records)
+    assert counts == Counter(str(v) for v in videos), counts
+    return {r["video"]: r for r in records}
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """The allowed root of the tests' submissions."""
+    return tmp_path_factory.mktemp("allowed")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def svc_settings(settings: Settings, server: RedisServer, root: Path) -> Settings:
+    """What `submit`, `status` and `cancel` use in this process."""
+    return settings.model_copy(
+        update=dict(broker_url=server.url, allowed_roots=[root], chunk_size=CHUNK, visibility_timeout=VISIBILITY)
+    )
+
+
+@pytest.fixture(scope="module")
+def store(svc_settings: Settings) -> JobStore:
+    return JobStore.connect(svc_settings, patient=True)
+
+
+@pytest.fixture(scope="module")
+def worker_env(home: Path, server: RedisServer, root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTIONER_")}
+    env.update(
+        CAPTIONER_HOME=str(home),
+        CAPTIONER_BROKER_URL=server.url,
+        CAPTIONER_ALLOWED_ROOTS=str(root),
+        CAPTIONER_TIER="cpu",
+        CAPTIONER_ADAPTER="demo",
+        CAPTIONER_SAMPLING="deterministic",
+        CAPTIONER_CHUNK_SIZE=str(CHUNK),
+        CAPTIONER_VISIBILITY_TIMEOUT=str(VISIBILITY),
+        CAPTIONER_JOB_TTL="600",
+        CAPTIONER_NIGHTLY_FOLDERS=f"{root}/watched:{root}/watched-missing",
+        CAPTIONER_NIGHTLY_OUT=f"{root}/nightly-out",
+        # Two engines beside the test session's: a small KV cache is plenty for the demo model.
+        CAPTIONER_PROFILE__GPU_MEMORY_UTILIZATION="0.05",
+        # One clip per generate() call, so records appear one by one and a kill lands mid-chunk.
+        CAPTIONER_PROFILE__BATCH_SIZE="1",
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def workers(worker_env, beat, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("worker-logs")
+    started = [Worker("w1", worker_env, logs), Worker("w2", worker_env, logs)]
+    try:
+        for worker in started:
+            worker.wait_ready()
+        yield started
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+@pytest.fixture(scope="module")
+def beat(worker_env, tmp_path_factory):
+    """`captioner beat` firing every minute into a queue no worker reads (so the test sees the message)."""
+    beat_home = tmp_path_factory.mktemp("beat-home")
+    env = dict(worker_env, CAPTIONER_QUEUE="beat-probe", CAPTIONER_NIGHTLY_SCHEDULE="* * * * *",
+               CAPTIONER_HOME=str(beat_home))  # fmt: skip
+    log = beat_home / "beat.log"
+    proc = subprocess.Popen([*CLI, "beat"], env=env, stdout=log.open("a"), stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    yield proc, log
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+
+
+def clips(folder: Path, n: int) -> list[Path]:
+    return sorted(write_clips(folder, n, seconds=1, fps=10, width=128, height=72))
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_settings_from_environment_and_config_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPTIONER_ALLOWED_ROOTS", "/data/a:/data/b")
+    assert Settings().allowed_roots == [Path("/data/a"), Path("/data/b")]
+    monkeypatch.delenv("CAPTIONER_ALLOWED_ROOTS")
+    assert Settings().allowed_roots == [Path("/srv/captioner")]  # the documented default
+    config = tmp_path / "captioner.toml"
+    config.write_text(
+        'broker_url = "rediss://:s3cret@redis.example:6380/2"\n'
+        'allowed_roots = ["/footage"]\nnightly_folders = ["/footage/in"]\nnightly_out = "/footage/out"\n'
+        'nightly_schedule = "30 1 * * 1-5"\njob_ttl = 3600\n'
+    )
+    monkeypatch.setenv("CAPTIONER_CONFIG", str(config))
+    monkeypatch.setenv("CAPTIONER_JOB_TTL", "60")  # the environment wins over the file
+    loaded = Settings()
+    assert loaded.broker_url.startswith("rediss://") and loaded.allowed_roots == [Path("/footage")]
+    assert loaded.job_ttl == 60 and loaded.nightly_schedule == "30 1 * * 1-5"
+    monkeypatch.setenv("CAPTIONER_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(ValueError, match="no such config file"):
+        Settings()
+
+
+def test_celery_app_is_json_only_late_acking_and_schedules_the_nightly_job():
+    from workers.app import celery_config
+
+    settings = Settings(
+        broker_url="rediss://:pw@redis.example:6380/0", nightly_folders=[Path("/srv/captioner/in")],
+        nightly_out=Path("/srv/captioner/out"), nightly_schedule="30 1 * * 1-5", job_ttl=1234, visibility_timeout=7200,
+    )  # fmt: skip
+    config = celery_config(settings)
+    assert config["accept_content"] == ["json"] and config["task_serializer"] == "json"
+    assert config["result_accept_content"] == ["json"]
+    assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
+    assert config["worker_prefetch_multiplier"] == 1 and config["worker_pool"] == "solo"
+    assert config["broker_transport_options"]["visibility_timeout"] == 7200
+    assert config["result_expires"] == 1234
+    # kombu would otherwise connect to a rediss:// broker without checking the certificate.
+    assert config["broker_url"].endswith("?ssl_cert_reqs=required")
+    assert secure_url("redis://h:1/0") == "redis://h:1/0"
+    entry = config["beat_schedule"]["captioner-nightly"]
+    assert entry["task"] == NIGHTLY_TASK
+    assert entry["schedule"].hour == {1} and entry["schedule"].minute == {30}
+    assert entry["schedule"].day_of_week == {1, 2, 3, 4, 5}
+    assert celery_config(Settings())["beat_schedule"] == {}  # nothing watched, nothing scheduled
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_rejected_paths_queue_nothing(svc_settings, store, root, tmp_path):
+    good = root / "good"
+    clips(good, 1)
+    outside = tmp_path / "outside"
+    clips(outside, 1)
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    sneaky = root / "sneaky"
+    sneaky.mkdir()
+    (sneaky / "clip.mp4").symlink_to(next(outside.glob("*.mp4")))
+    (root / "empty").mkdir()
+    before = (store.redis.keys("captioner:job:*"), store.redis.llen("captioner"))
+    cases = [
+        (outside, root / "out", "outside the allowed roots"),
+        (root / "good" / ".." / ".." / outside.name, root / "out", "'..' is not allowed"),
+        (root / "escape", root / "out", "outside the allowed roots"),
+        (root / "missing", root / "out", "folder does not exist"),
+        (root / "empty", root / "out", "no videos"),
+        (sneaky, root / "out", "outside the allowed roots"),
+        (good, tmp_path / "out", "outside the allowed roots"),
+    ]
+    for folder, out, message in cases:
+        with pytest.raises(SubmitError, match=message):
+            submit([folder], out, svc_settings)
+    assert (store.redis.keys("captioner:job:*"), store.redis.llen("captioner")) == before
+
+
+def test_cli_rejects_an_unreadable_folder_and_an_unreachable_redis(server, root, worker_env):
+    locked = root / "locked"
+    clips(locked, 1)
+    locked.chmod(0)
+    # Root reads anything; without these capabilities it obeys file modes like any user.
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    try:
+        result = subprocess.run([*drop, *CLI, "submit", str(locked), "--out", str(root / "out")],
+                                env=worker_env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    finally:
+        locked.chmod(0o755)
+    assert result.returncode == 2, result.stderr
+    assert f"{locked}: folder is not readable" in result.stderr
+    assert redis.Redis(port=server.port).llen("captioner") == 0
+
+    dead = f"redis://127.0.0.1:{_free_port()}/0"
+    started = time.monotonic()
+    result = subprocess.run([*CLI, "submit", str(locked), "--out", str(root / "out")],
+                            env=dict(worker_env, CAPTIONER_BROKER_URL=dead), capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 2 and "cannot reach Redis" in result.stderr, result.stderr
+    assert time.monotonic() - started < 15  # fast, not a retry loop
+    assert result.stdout == ""  # no job id: nothing was queued
+
+
+# --------------------------------------------------------------------------- engine errors (in process)
+
+
+class _FakeEngine:
+    """Stands in for vLLM where a real engine cannot be made to die: the CPU engine runs in-process."""
+
+    def __init__(self, plan: Any, dies: bool) -> None:
+        self.model, self.adapter, self.profile, self.dies = plan.model, plan.adapter, plan.profile, dies
+
+    def warm_prefix(self, prompt: Any) -> None:
+        pass
+
+    def shareable_prefix_tokens(self, prompt: Any) -> int:
+        return 0
+
+    def caption(self, videos: list, prompt: Any, sampling: Any) -> list:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        from captioner.engine import Generation
+
+        if self.dies:
+            raise EngineDeadError("engine core process died")
+        return [Generation("가짜 설명", 10, 0, 5, "stop") for _ in videos]
+
+
+@pytest.mark.parametrize("deaths,expect", [(1, "ok"), (99, "failed")])
+def test_engine_death_rebuilds_the_engine_and_retries_then_records_failed(
+    deaths, expect, svc_settings, store, root, tmp_path_factory
+):
+    from captioner import compat
+
+    compat.apply()
+    import workers.tasks as tasks
+
+    settings = svc_settings.model_copy(update=dict(queue=f"engine-test-{deaths}"))  # no worker reads it
+    folder = root / f"engine-{deaths}"
+    videos = clips(folder, 2)
+    out = root / f"engine-{deaths}-out"
+    job_id = enqueue(store, settings, [folder], out, videos, job_options(settings))
+    runtime = tasks.use_settings(settings)
+    loads = []
+
+    def load(plan: Any) -> _FakeEngine:
+        loads.append(plan)
+        return _FakeEngine(plan, dies=len(loads) <= deaths)
+
+    runtime.load = load
+    task = tasks.caption_chunk
+    assert task.retry_backoff and task.max_retries == 3 and task.acks_late
+    # apply() runs the task here, and its retries too (without the backoff's wait).
+    task.apply(args=[job_id, 0, [str(v) for v in videos], str(out), job_options(settings).model_dump(exclude_none=True)])
+    final = status(store, job_id)
+    records = one_record_each(out, videos)
+    assert final["state"] == "done" and final[expect] == 2 and final["pending"] == 0
+    if expect == "ok":
+        assert len(loads) == 2  # died once: rebuilt once
+        assert all(r["status"] == "ok" and r["caption"] == "가짜 설명" for r in records.values())
+    else:
+        assert len(loads) == 1 + task.max_retries  # a new engine for every retry, then it gives up
+        for record in records.values():
+            assert record["status"] == "failed"
+            assert "vLLM engine died: EngineDeadError" in record["error"] and "after retries" in record["error"]
+
+
+# --------------------------------------------------------------------------- real workers
+
+
+def test_submit_wait_done_with_correct_records(workers, worker_env, store, root):
+    folder = root / "first"
+    good = clips(folder, 4)
+    (folder / "empty.mp4").write_bytes(b"")
+    out = root / "first-out"
+    result = subprocess.run([*CLI, "submit", str(folder), "--out", str(out), "--wait"],
+                            env=worker_env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    job_id, _, rest = result.stdout.partition("\n")
+    final = json.loads(rest)
+    assert final["job"] == job_id and final["state"] == "done"
+    assert (final["videos"], final["ok"], final["failed"], final["skipped"], final["pending"]) == (5, 4, 1, 0, 0)
+    assert final["chunks"] == final["chunks_done"] == 3 and final["timings"]["finished_at"]
+    records = one_record_each(out, [*good, folder / "empty.mp4"])
+    for video in good:
+        record = records[str(video)]
+        assert record["status"] == "ok" and record["caption"].strip() and record["output_tokens"] >= 50
+        assert record["adapter"] == "demo" and record["frames"] == 8 and record["sampling"] == "deterministic"
+        assert record["prompt"]["name"] == "detailed-ko" and record["prompt"]["version"] == 1
+    assert records[str(folder / "empty.mp4")]["error"] == "file is empty (0 bytes)"
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["job"], summary["ok"], summary["failed"]) == (job_id, 4, 1)
+    # Finished jobs expire (CAPTIONER_JOB_TTL=600 for these workers).
+    assert 0 < store.redis.ttl(store.key(job_id)) <= 600
+    assert all(0 < store.redis.ttl(key) <= 600 for key in store.keys(job_id) if store.redis.exists(key))
+    # status from the command line
+    shown = subprocess.run([*CLI, "status", job_id], env=worker_env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["ok"] == 4
+
+
+def test_two_workers_share_one_job(workers, svc_settings, store, root):
+    folder = root / "shared"
+    videos = clips(folder, 6)
+    out = root / "shared-out"
+    job_id = submit([folder], out, svc_settings)
+    final = wait_job(store, job_id)
+    assert final["state"] == "done" and final["ok"] == 6 and final["chunks"] == 3
+    assert set(final["workers"]) == {w.name for w in workers}, final["workers"]  # both took chunks
+    assert sum(final["workers"].values()) == 3
+    one_record_each(out, videos)
+    log = "".join(w.log.read_text() for w in workers)  # one line per chunk, with throughput
+    assert log.count(f"job {job_id} chunk") == 3 and "videos/s" in log and "output tokens/s" in log
+
+
+def test_resubmitting_a_finished_folder_does_no_work(workers, svc_settings, store, root):
+    out = root / "shared-out"
+    before = (out / "captions.jsonl").read_bytes()
+    job_id = submit([root / "shared"], out, svc_settings)
+    final = wait_job(store, job_id)
+    assert (final["state"], final["videos"], final["skipped"], final["ok"], final["failed"]) == ("done", 6, 6, 0, 0)
+    assert final["output_tokens"] == 0
+    assert (out / "captions.jsonl").read_bytes() == before  # not one record more or rewritten
+
+
+def test_status_shows_progress_and_cancel_stops_the_job(workers, svc_settings, store, root):
+    folder = root / "cancelled"
+    videos = clips(folder, 8)
+    out = root / "cancelled-out"
+    job_id = submit([folder], out, svc_settings.model_copy(update=dict(chunk_size=1)))
+    deadline = time.monotonic() + 120
+    while (current := status(store, job_id))["ok"] < 1:
+        assert time.monotonic() < deadline, current
+        time.sleep(0.2)
+    assert current["state"] == "running" and current["pending"] > 0 and current["timings"]["started_at"]
+    after = cancel(store, job_id)
+    assert after["state"] == "cancelled"
+    deadline = time.monotonic() + 60
+    while status(store, job_id)["active"] or store.redis.llen("captioner"):  # running chunks stop, queued ones go
+        assert time.monotonic() < deadline, status(store, job_id)
+        time.sleep(0.3)
+    time.sleep(2)
+    done = len(read_records(out / "captions.jsonl"))
+    assert 1 <= done < len(videos)
+    time.sleep(3)
+    assert len(read_records(out / "captions.jsonl")) == done  # nothing more is captioned
+    assert status(store, job_id)["state"] == "cancelled"
+    with pytest.raises(JobNotFound):
+        status(store, "no-such-job")
+
+
+def test_nightly_job_captions_only_new_videos_and_writes_a_dated_summary(workers, svc_settings, store, root):
+    from workers.app import app_for
+
+    watched = root / "watched"
+    first = clips(watched, 3)
+    out = root / "nightly-out"
+
+    def night() -> dict:
+        before = set(store.redis.keys("captioner:job:{*}"))
+        app_for(svc_settings).send_task(NIGHTLY_TASK, queue="captioner")  # what beat sends
+        deadline = time.monotonic() + 120
+        while not (new := set(store.redis.keys("captioner:job:{*}")) - before):
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        return wait_job(store, new.pop().split("{")[1].rstrip("}"))
+
+    tonight = night()
+    assert (tonight["videos"], tonight["ok"], tonight["skipped"]) == (3, 3, 0)
+    assert tonight["folders"] == [str(watched)]  # the missing watched folder is left out, not fatal
+    dated = list(out.glob("nightly-*.json"))
+    assert len(dated) == 1 and json.loads(dated[0].read_text())["ok"] == 3
+    newcomer = write_clips(watched / "new", 1, seconds=1, fps=10, width=128, height=72)[0]
+    tomorrow = night()
+    assert (tomorrow["videos"], tomorrow["ok"], tomorrow["skipped"]) == (4, 1, 3)
+    assert json.loads(dated[0].read_text())["ok"] == 1  # same day: the dated summary is the latest run's
+    one_record_each(out, [*first, newcomer])
+
+
+def test_beat_sends_the_nightly_task_on_its_crontab(beat, server):
+    proc, log = beat
+    client = redis.Redis(port=server.port)
+    deadline = time.monotonic() + 75  # "* * * * *": within a minute of starting
+    while not client.llen("beat-probe"):
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.5)
+    message = json.loads(client.lindex("beat-probe", 0))
+    assert message["headers"]["task"] == NIGHTLY_TASK
+    assert message["content-type"] == "application/json"
+
+
+def test_sigkill_mid_chunk_loses_nothing(workers, svc_settings, store, root):
+    folder = root / "killed"
+    videos = clips(folder, 6)
+    out = root / "killed-out"
+    job_id = submit([folder], out, svc_settings.model_copy(update=dict(chunk_size=3)))
+    victim, survivor = workers
+    deadline = time.monotonic() + 120
+    while True:  # wait until the victim is half-way through a chunk
+        current = status(store, job_id)
+        index = current["active"].get(victim.name)
+        if index is not None:
+            mine = {str(v) for v in videos[index * 3 : index * 3 + 3]}
+            written = [r for r in read_records(out / "captions.jsonl") if r["video"] in mine]
+            if 1 <= len(written) < 3:
+                break
+        assert time.monotonic() < deadline, current
+        time.sleep(0.1)
+    victim.kill()
+    final = wait_job(store, job_id, timeout=180)
+    assert final["state"] == "done" and (final["ok"], final["failed"], final["pending"]) == (6, 0, 0), final
+    records = one_record_each(out, videos)
+    for record in written:  # captioned before the kill: kept, not captioned again
+        assert records[record["video"]] == record
+    assert final["workers"] == {survivor.name: 2}  # the survivor finished the victim's chunk
+
+
+def test_redis_restart_during_a_job_loses_nothing(workers, svc_settings, store, server, root, worker_env):
+    survivor = workers[1]
+    assert survivor.proc.poll() is None
+    folder = root / "restart"
+    videos = clips(folder, 4)
+    out = root / "restart-out"
+    job_id = submit([folder], out, svc_settings)
+    deadline = time.monotonic() + 120
+    while status(store, job_id)["ok"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    server.stop()
+    result = subprocess.run([*CLI, "submit", str(folder), "--out", str(out)], env=worker_env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "cannot reach Redis" in result.stderr
+    time.sleep(3)
+    server.start()
+    final = wait_job(store, job_id, timeout=180)
+    assert final["state"] == "done" and (final["ok"], final["failed"]) == (4, 0), final
+    one_record_each(out, videos)
+    assert survivor.proc.poll() is None  # it reconnected rather than dying
+    assert "Connection to broker lost" in survivor.log.read_text()

@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+
 class FrameError(Exception):
     """A clip whose frames cannot be read. The message names the file and the reason."""
 

@@ -165,21 +165,36 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     """All records of a captions file, oldest first. Lines that are not JSON objects are reported and skipped."""
     if not path.exists():
         return []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    complete = text[: text.rfind("\n") + 1]  # an unfinished last write is not a record; the next writer cuts it
     records = []
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if not line.endswith("\n"):
-                break  # an unfinished write; the next writer cuts it
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                log.warning("%s line %d: not JSON (%s); ignored", path, number, exc.msg)
-                continue
-            if isinstance(record, dict) and "video" in record and "status" in record:
-                records.append(record)
-            else:
-                log.warning("%s line %d: not a caption record; ignored", path, number)
+    for _number, where, record, problem in json_objects(complete.splitlines(), path):
+        if record is not None and "video" in record and "status" in record:
+            records.append(record)
+        else:
+            log.warning("%s; ignored", problem or f"{where}: not a caption record")
     return records
+
+
+def json_objects(lines: Iterable[str], path: Path | str) -> Iterator[tuple[int, str, dict[str, Any] | None, str | None]]:
+    """(line number, "file:line", object, problem) for each non-blank JSON line.
+
+    The object is None when the line is not a JSON object; the problem then says why, naming the
+    file and line, so every reader of JSON lines reports bad input the same way.
+    """
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, where, None, f"{where}: invalid JSON ({exc.msg}, column {exc.colno})"
+            continue
+        if not isinstance(obj, dict):
+            yield number, where, None, f"{where}: expected a JSON object, got {type(obj).__name__}"
+            continue
+        yield number, where, obj, None
 
 
 def latest_by_video(records: Iterable[dict[str, Any]], key: tuple | None = None) -> dict[str, dict[str, Any]]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from captioner.evaluation.morphemes import normalize_text
+from captioner.outputs import json_objects
 
 MAX_LISTED_PROBLEMS = 20
 
@@ -131,17 +132,9 @@ def _read_jsonl(path: Path) -> tuple[list[Entry], list[str]]:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
         return [], [f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"]
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{where}: invalid JSON ({exc.msg}, column {exc.colno})")
-            continue
-        if not isinstance(obj, dict):
-            problems.append(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for _lineno, where, obj, problem in json_objects(lines, path):
+        if obj is None:
+            problems.append(problem)
             continue
         video = obj.get("video")
         if not isinstance(video, str) or not video.strip():

@@ -28,6 +28,7 @@ import pandas as pd
 from captioner.evaluation import scores
 from captioner.evaluation.morphemes import Tokens, get_tokenizer, normalize_text
 from captioner.evaluation.references import InputError, ReferenceSet, load_references, video_stem
+from captioner.outputs import json_objects
 
 OPENING_WORDS = 2
 BOOTSTRAP_RESAMPLES = 1000
@@ -93,17 +94,9 @@ def load_captions(path: Path) -> CaptionSet:
     paths_seen: dict[str, set[str]] = {}
     versions: Counter = Counter()
     count = 0
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{where}: invalid JSON ({exc.msg}, column {exc.colno})")
-            continue
-        if not isinstance(rec, dict):
-            problems.append(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    for lineno, where, rec, problem in json_objects(lines, path):
+        if rec is None:
+            problems.append(problem)
             continue
         video, status, caption = rec.get("video"), rec.get("status"), rec.get("caption")
         if not isinstance(video, str) or not video.strip():

@@ -37,26 +37,52 @@ TARGETS = {
     "rss_growth_max": 1.10,
 }
 
-# Realistic footage sizes: 720p and 1080p, 5-30 s, 30 fps (as the AI-Hub background clips).
-_SIZES = [(1280, 720), (1920, 1080)]
+# Realistic footage: 720p and 1080p, 5-30 s, 30 fps (as the AI-Hub background clips), at bitrates
+# of camera footage; film grain gives the encoder something to spend them on.
+_SIZES = [(1280, 720, 4_000_000), (1920, 1080, 8_000_000)]
 _SECONDS = [5, 8, 12, 20, 30]
+_GRAIN = 10
 
 
 def bench_clips(folder: Path, count: int, fps: int = 30) -> list[Path]:
-    """`count` H.264 clips of 720p/1080p and 5-30 s in `folder`, written once and reused."""
+    """`count` clips for the benchmark.
+
+    A folder that already holds videos of its own (real footage) is taken as it is; otherwise
+    H.264 clips of 720p/1080p and 5-30 s are written there once and reused.
+    """
+    from captioner.sources import find_videos
+
     folder.mkdir(parents=True, exist_ok=True)
+    own = [p for p in find_videos([folder]).videos if not p.name.startswith("bench_")]
+    if own:
+        return own[:count]
     clips = []
     for i in range(count):
-        width, height = _SIZES[i % len(_SIZES)]
+        width, height, bitrate = _SIZES[i % len(_SIZES)]
         seconds = _SECONDS[i % len(_SECONDS)]
         scene = SCENES[i % len(SCENES)]
-        path = folder / f"{scene}_{height}p_{seconds}s_{i:03d}.mp4"
+        path = folder / f"bench_{scene}_{height}p_{seconds}s_{i:03d}.mp4"
         if not path.exists():
-            tmp = path.with_suffix(".part.mp4")
-            write_clip(tmp, scene, seconds=seconds, fps=fps, width=width, height=height, seed=i)
+            tmp = path.with_name(path.name + ".part")
+            write_clip(tmp, scene, seconds=seconds, fps=fps, width=width, height=height, seed=i,
+                       grain=_GRAIN, bitrate=bitrate, preset="superfast")
             tmp.rename(path)  # a killed bench never leaves a half-written clip to reuse
         clips.append(path)
     return clips
+
+
+def _describe(clip: Path) -> dict[str, Any]:
+    import av
+
+    with av.open(str(clip)) as container:
+        stream = container.streams.video[0]
+        seconds = container.duration / av.time_base if container.duration else 0.0
+        return {
+            "file": clip.name,
+            "size": f"{stream.codec_context.width}x{stream.codec_context.height}",
+            "seconds": round(seconds, 2),
+            "mbps": round(clip.stat().st_size * 8 / seconds / 1e6, 2) if seconds else None,
+        }
 
 
 def _decode_full_then_resize(path: Path, num_frames: int, short_side: int | None) -> ClipFrames:
@@ -315,7 +341,7 @@ def run_bench(
             "failed": long_run.failed,
         },
         "detail": {
-            "clips": len(paths),
+            "clips": [_describe(p) for p in paths],
             "end_to_end": {"seconds": round(e2e_s, 3), "ok": e2e.ok, "failed": e2e.failed,
                            "output_tokens": e2e.output_tokens, "cached_tokens": e2e.cached_tokens,
                            "shareable_prefix_tokens_per_clip": shareable},

@@ -63,7 +63,9 @@ PROFILES: dict[str, TierProfile] = {
         # vLLM's CPU default is 128-token blocks: coarser than the shared system prompt, which then
         # never fills a cacheable block. The CPU backend wants multiples of 32.
         block_size=32,
-        decode_workers=1,  # one core decodes while the engine's single thread uses the other
+        # Decoding 8 frames of 8 Mbps 1080p H.264 takes seconds per clip on one core, while the demo
+        # engine (one thread) captions over 2 clips/s: decoding is the bottleneck, so both cores decode.
+        decode_workers=2,
         note="Development only: the demo checkpoint on a CPU.",
     ),
     "t4": TierProfile(

@@ -142,7 +142,7 @@ def bench(
     frames: Optional[int] = typer.Option(None, help="Frames per clip (default: the tier's)."),
     clips: int = typer.Option(16, help="Clips (720p/1080p, 5-30 s) for the stage measurements."),
     naive_clips: int = typer.Option(4, help="Clips for the naive one-at-a-time baseline (it is slow)."),
-    memory_clips: int = typer.Option(1000, help="Clips in the long end-to-end run that watches memory."),
+    memory_clips: int = typer.Option(1000, help="Clips in the long end-to-end run (throughput and memory), cycling through --clips."),
     clips_dir: Optional[Path] = typer.Option(None, help="Where benchmark clips are written and reused."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a tier profile field: FIELD=VALUE."),
 ) -> None:

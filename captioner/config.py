@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     chunk_retries: int = Field(3, ge=0, description="Retries of a chunk after an engine or worker error.")
     nightly_folders: PathList = Field(default_factory=list, description="Folders captioned by the nightly job.")
     nightly_out: Path | None = Field(None, description="Output folder of the nightly job.")
-    nightly_schedule: str = Field("0 2 * * *", description="Crontab (minute hour day month weekday) of the nightly job.")
+    nightly_schedule: str = Field("0 2 * * *", description="Crontab (minute hour day month weekday), nightly job.")
     timezone: str = Field("UTC", description="Time zone of the nightly schedule and of dated summaries.")
 
     @classmethod
@@ -124,6 +124,17 @@ class Settings(BaseSettings):
     def _five_crontab_fields(cls, value: str) -> str:
         if len(value.split()) != 5:
             raise ValueError(f"{value!r}: a crontab needs five fields (minute hour day-of-month month day-of-week)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(value)
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"{value!r}: unknown time zone ({exc})") from None
         return value
 
     @property

@@ -72,6 +72,17 @@ class Plan:
             **fields,
         )
 
+    def versions(self) -> dict[str, Any]:
+        """What a summary states about how its captions were made."""
+        return {
+            "model": self.model,
+            "adapter": self.adapter_name,
+            "prompt": self.prompt.spec.identity(),
+            "tier": self.profile.name,
+            "frames": self.frames,
+            "sampling": self.settings.sampling,
+        }
+
     @property
     def key(self) -> tuple:
         """The version key of this plan's records (see `outputs.version_key`)."""
@@ -237,12 +248,7 @@ class RunStats:
             "prefix_cache_hit_ratio": (
                 round(self.cached_tokens / self.shareable_prefix_tokens, 4) if self.shareable_prefix_tokens else None
             ),
-            "model": plan.model,
-            "adapter": plan.adapter_name,
-            "prompt": plan.prompt.spec.identity(),
-            "tier": plan.profile.name,
-            "frames": plan.frames,
-            "sampling": plan.settings.sampling,
+            **plan.versions(),
         }
 
 
@@ -284,7 +290,9 @@ def caption_clips(
     Up to two batches are decoded ahead of the engine, so decoding overlaps inference. The engine
     takes whatever is decoded when it is free (up to a batch): when the engine is the slower stage,
     clips pile up during each call and batches are full; when decoding is slower, the engine never
-    waits for a full batch. It is created (by `engine_factory`) once the first clips are decoding.
+    waits for a full batch. Profiles where the engine shares the CPU with decoding wait for full
+    batches instead (`wait_for_full_batch`). The engine is created (by `engine_factory`) once the
+    first clips are decoding.
     """
     batch_size = plan.profile.batch_size
     queue = iter(videos)
@@ -308,10 +316,11 @@ def caption_clips(
     engine.warm_prefix(plan.prompt)
     shareable = engine.shareable_prefix_tokens(plan.prompt)
     sampling = plan.settings.sampling_params()
+    wanted = batch_size if plan.profile.wait_for_full_batch else 1
     while in_flight or ready:
         if in_flight:
-            # Block only when nothing is ready; otherwise just collect what has finished meanwhile.
-            done, _ = wait(in_flight, timeout=None if not ready else 0, return_when=FIRST_COMPLETED)
+            # Block until enough is ready; otherwise just collect what has finished meanwhile.
+            done, _ = wait(in_flight, timeout=None if len(ready) < wanted else 0, return_when=FIRST_COMPLETED)
             for future in done:
                 video = in_flight.pop(future)
                 try:
@@ -319,7 +328,7 @@ def caption_clips(
                 except FrameError as exc:
                     yield finish(plan.record(str(video), status="failed", caption="", error=exc.reason)), 0
             top_up()
-        if not ready:
+        if not ready or (len(ready) < wanted and in_flight):
             continue
         batch, ready = ready[:batch_size], ready[batch_size:]
         top_up()  # decoders work on the next batch while the engine runs this one

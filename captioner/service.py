@@ -7,7 +7,8 @@ A worker runs a chunk with `run_chunk`, which calls the same pipeline functions 
 
 Job state lives in Redis, under keys sharing the hash tag `{JOB_ID}`:
 
-- `captioner:job:{ID}` hash: `state` (queued | running | done | cancelled | failed), `out`, `folders`,
+- `captioner:job:{ID}` hash: `state` (queued | running | done | cancelled | failed: refused by a
+  worker, e.g. an output folder outside its allowed roots), `out`, `folders`,
   `options`, `queue`, `summary`, `videos`, `chunks`, the counters `ok`, `failed`, `skipped`,
   `output_tokens`, `prompt_tokens`, `cached_tokens`, `busy_s`, and the epoch times `submitted_at`,
   `started_at`, `finished_at`; `error` when the job failed as a whole.
@@ -104,15 +105,6 @@ def secure_url(url: str) -> str:
         return url
     query["ssl_cert_reqs"] = "required"
     return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def redacted(url: str) -> str:
-    """`url` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def connect(url: str, patient: bool) -> redis.Redis:
@@ -245,9 +237,7 @@ class JobStore:
     def account(self, job_id: str, video: str, counter: str, record: Any = None) -> bool:
         """Count `video` under `counter` (ok, failed, skipped) unless it was counted; True if counted now."""
         tokens = [getattr(record, name, 0) or 0 for name in ("output_tokens", "prompt_tokens", "cached_tokens")]
-        return bool(
-            self._account(keys=[self.key(job_id), self.key(job_id, "videos")], args=[video, counter, *tokens])
-        )
+        return bool(self._account(keys=[self.key(job_id), self.key(job_id, "videos")], args=[video, counter, *tokens]))
 
     def counted(self, job_id: str, videos: list[str]) -> list[bool]:
         """For each video, whether it was counted already."""
@@ -365,7 +355,10 @@ def enqueue(
     skipped: int = 0,
     summary: str = "",
 ) -> str:
-    """Record a job and send its chunks; `skipped` videos were found done before queueing."""
+    """Record a job and send its chunks; `skipped` videos were found done before queueing.
+
+    A job without videos has no chunk to finish it: the caller finishes it (`finish_job`).
+    """
     from workers.app import app_for
 
     job_id = uuid.uuid4().hex
@@ -406,7 +399,9 @@ def enqueue(
                 )
     except Exception as exc:  # noqa: BLE001 - whatever kombu raises, the chunks sent must not run
         store.finish(job_id, "failed", f"queueing failed: {exc}")
-        raise SubmitError(f"queueing failed after the job was recorded ({exc}); job {job_id} is marked failed") from None
+        raise SubmitError(
+            f"queueing failed after the job was recorded ({exc}); job {job_id} is marked failed"
+        ) from None
     log.info("job %s: %d videos in %d chunks of up to %d -> %s", job_id, len(videos), len(chunks), size, out_dir)
     return job_id
 
@@ -586,7 +581,7 @@ def run_chunk(
     started = time.perf_counter()
     captions = out_dir / CAPTIONS_FILE
     paths = [Path(v) for v in videos]
-    todo = [p for p, done in zip(paths, store.counted(job_id, videos)) if not done]
+    todo = [p for p, done in zip(paths, store.counted(job_id, videos), strict=True) if not done]
     stats = RunStats(videos=len(videos))
     outside = []
     for video in list(todo):
@@ -625,7 +620,9 @@ def run_chunk(
             log.warning("job %s chunk %d: %s; retrying", job_id, index, reason)
             raise RetryChunk(reason) from exc
         log.error("job %s chunk %d: %s; giving up on its remaining clips", job_id, index, reason)
-        remaining = [p for p, done in zip(pending, store.counted(job_id, [str(p) for p in pending])) if not done]
+        remaining = [
+            p for p, done in zip(pending, store.counted(job_id, [str(p) for p in pending]), strict=True) if not done
+        ]
         _record_failed(store, job_id, plan, out_dir, [(v, f"{reason} (after retries)") for v in remaining], stats)
 
     seconds = time.perf_counter() - started
@@ -652,11 +649,11 @@ def _count_done(
     if not videos:
         return
     latest = latest_by_video(read_records(captions), plan.key)
-    job_second = int(submitted_at)  # records carry whole seconds
+    job_second = int(submitted_at)  # records carry whole seconds; one of the job's first second counts as skipped
     for video in videos:
         record = latest.get(str(video), {})
         created = record.get("created_at")
-        mine = created is not None and datetime.fromisoformat(created).timestamp() >= job_second
+        mine = created is not None and datetime.fromisoformat(created).timestamp() > job_second
         if store.account(job_id, str(video), "ok" if mine else "skipped"):
             if mine:
                 stats.ok += 1
@@ -724,12 +721,7 @@ def job_summary(current: dict[str, Any], plan: Any) -> dict[str, Any]:
         "submitted_at": timings["submitted_at"],
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "folders": current["folders"],
-        "model": plan.model,
-        "adapter": plan.adapter_name,
-        "prompt": plan.prompt.spec.identity(),
-        "tier": plan.profile.name,
-        "frames": plan.frames,
-        "sampling": plan.settings.sampling,
+        **plan.versions(),
     }
 
 

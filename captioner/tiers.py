@@ -38,6 +38,10 @@ class TierProfile(BaseModel):
         None, gt=0, description="KV cache block size; None = vLLM's default. Only whole blocks are prefix-cached."
     )
     decode_workers: int = Field(gt=0, description="Frame-decoding processes feeding the engine.")
+    wait_for_full_batch: bool = Field(
+        False,
+        description="Engine waits for a full batch while clips are still decoding (else takes what is ready).",
+    )
     note: str = ""
 
 
@@ -66,6 +70,9 @@ PROFILES: dict[str, TierProfile] = {
         # Decoding 8 frames of 8 Mbps 1080p H.264 takes seconds per clip on one core, while the demo
         # engine (one thread) captions over 2 clips/s: decoding is the bottleneck, so both cores decode.
         decode_workers=2,
+        # The engine shares the cores with decoding, and a batch of 1 costs it nearly as much as a
+        # batch of 16 (per-step overhead dominates a small model): small batches steal decoding time.
+        wait_for_full_batch=True,
         note="Development only: the demo checkpoint on a CPU.",
     ),
     "t4": TierProfile(

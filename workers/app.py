@@ -53,6 +53,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Redis may be down when a worker starts or restart under it: keep reconnecting.
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
+        # Celery 6's default: a late-acked task cut off from the broker cannot be acked, so it is
+        # redelivered anyway. (With the solo pool the loss is only seen between chunks.)
+        worker_cancel_long_running_tasks_on_connection_loss=True,
         # Events for Flower.
         worker_send_task_events=True,
         task_send_sent_event=True,

@@ -152,6 +152,13 @@ def make_plan(settings: Settings) -> Plan:
         raise ConfigError(f"{model}: cannot load the model's config and tokenizer ({exc})") from None
     if not hasattr(hf_config, "spatial_pool_stride"):
         raise ConfigError(f"{model}: not a LLaVA-NeXT-Video checkpoint (model_type {hf_config.model_type!r})")
+    quant_config = getattr(hf_config, "quantization_config", None) or {}
+    quantized = quant_config.get("quant_method") if isinstance(quant_config, dict) else quant_config.quant_method
+    if profile.quantization and quantized != profile.quantization:
+        raise ConfigError(
+            f"{model}: the {profile.name} profile expects an {profile.quantization.upper()}-quantized checkpoint, "
+            f"this one is {quantized or 'not quantized'}; use a quantized checkpoint or --set quantization=null"
+        )
     frame_tokens = tokens_per_frame(hf_config)
     try:
         prompt = render(load_prompt(settings.prompt, settings.prompts_dir), tokenizer)

@@ -32,6 +32,7 @@ def captioner(*args: str, **kwargs) -> subprocess.CompletedProcess:
         (["{clips}", "--frames", "1000"], "use at most"),
         (["{clips}", "--tier", "v100"], "tier"),
         (["{clips}", "--set", "max_num_seq=4"], "unknown profile field"),
+        (["{clips}", "--tier", "t4"], "the t4 profile expects an AWQ-quantized checkpoint, this one is not quantized"),
     ],
 )
 def test_bad_arguments_stop_with_one_clear_message(home, clip_dir, tmp_path, args, message):

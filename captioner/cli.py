@@ -55,8 +55,10 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("captioner").setLevel(logging.INFO)
-    if not verbose:  # repeated on every generate() call on CPU, and harmless
-        logging.getLogger("vllm.v1.worker.cpu_worker").setLevel(logging.ERROR)
+    if not verbose:
+        # Repeated on every generate() call on CPU, and harmless. A filter, not a level: vLLM
+        # reapplies its logging config when the engine loads, which resets its loggers' levels.
+        logging.getLogger("vllm.v1.worker.cpu_worker").addFilter(lambda record: record.levelno >= logging.ERROR)
 
 
 @app.command()
@@ -229,8 +231,6 @@ def worker(
         runtime.start()  # before consuming: a worker that cannot caption must not take chunks
     except (ConfigError, EngineError) as exc:
         _fail(str(exc))
-    if not verbose:  # vLLM's logging setup (at engine load) resets it; repeated on every generate() on CPU
-        logging.getLogger("vllm.v1.worker.cpu_worker").setLevel(logging.ERROR)
     workers.tasks.app.worker_main(
         [
             "worker",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,11 +54,11 @@ def _lora_rank(adapter: Path) -> int:
     return fitting[0]
 
 
-def _engine_dead(exc: BaseException) -> bool:
+def engine_dead(exc: BaseException) -> bool:
     """True for vLLM's EngineDeadError: the engine must be rebuilt, retrying on it is useless."""
-    from vllm.v1.engine.exceptions import EngineDeadError
-
-    return isinstance(exc, EngineDeadError)
+    # Without importing vLLM: if it was never imported, this cannot be its EngineDeadError.
+    module = sys.modules.get("vllm.v1.engine.exceptions")
+    return module is not None and isinstance(exc, module.EngineDeadError)
 
 
 class CaptionEngine:
@@ -147,7 +148,7 @@ class CaptionEngine:
             )
             return [self._to_generation(out) for out in outputs]
         except Exception as exc:  # noqa: BLE001 - isolate the clip that broke the batch
-            if _engine_dead(exc):
+            if engine_dead(exc):
                 raise  # no clip can succeed on a dead engine: the caller rebuilds it
             if len(videos) == 1:
                 return [Generation("", 0, 0, 0, None, error=f"engine error: {type(exc).__name__}: {exc}")]

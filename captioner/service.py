@@ -535,12 +535,6 @@ class WorkerRuntime:
             torch.cuda.empty_cache()
 
 
-def _engine_died(exc: BaseException) -> bool:
-    # Without importing vLLM: if it was never imported, this cannot be its EngineDeadError.
-    module = sys.modules.get("vllm.v1.engine.exceptions")
-    return module is not None and isinstance(exc, module.EngineDeadError)
-
-
 def run_chunk(
     runtime: WorkerRuntime,
     job_id: str,
@@ -612,7 +606,9 @@ def run_chunk(
         log.info("job %s chunk %d: job cancelled; stopped", job_id, index)
         return {"cancelled": True}
     except Exception as exc:  # noqa: BLE001 - any failure: retry the chunk, finally fail its clips
-        died = _engine_died(exc)
+        from captioner.engine import engine_dead
+
+        died = engine_dead(exc)
         if died:
             runtime.drop_engine()  # rebuilt by the next chunk that needs it
         reason = f"{'vLLM engine died' if died else 'worker error'}: {type(exc).__name__}: {exc}"

@@ -243,6 +243,15 @@ def _naive(plan: Plan, clips: list[Path]) -> dict[str, Any]:
     )
 
 
+def _engine_only(engine: Any, plan: Plan, frames: list[np.ndarray], prefix_caching: bool) -> dict[str, float]:
+    """Warm the engine up (first-call kernels), then time it on pre-decoded frames from a cold cache."""
+    _engine_pass(engine, plan, frames[: plan.profile.batch_size])
+    if prefix_caching:
+        engine.reset_prefix_cache()  # the same clips must not be served whole from the warm-up
+        engine.warm_prefix(plan.prompt)
+    return _engine_pass(engine, plan, frames)
+
+
 def _engine_only_worker(settings: Any, frames: list[np.ndarray], prefix_caching: bool) -> dict[str, float]:
     """Runs in its own process: build an engine and time it on pre-decoded frames."""
     from captioner.engine import CaptionEngine
@@ -250,11 +259,7 @@ def _engine_only_worker(settings: Any, frames: list[np.ndarray], prefix_caching:
     plan = make_plan(settings)
     engine = CaptionEngine(plan.model, plan.profile, plan.adapter, seed=settings.seed,
                            enable_prefix_caching=prefix_caching)
-    _engine_pass(engine, plan, frames[: plan.profile.batch_size])  # warm-up, as for the main engine
-    if prefix_caching:
-        engine.reset_prefix_cache()
-        engine.warm_prefix(plan.prompt)
-    return _engine_pass(engine, plan, frames)
+    return _engine_only(engine, plan, frames, prefix_caching)
 
 
 def _rate(videos: int, seconds: float) -> float:
@@ -295,12 +300,8 @@ def run_bench(
     log("loading engine")
     rss_start = psutil.Process().memory_info().rss
     engine = load_engine(plan)
-    engine.warm_prefix(plan.prompt)
-    _engine_pass(engine, plan, frames[: plan.profile.batch_size])  # warm-up: first-call kernels
     log("engine only")
-    engine.reset_prefix_cache()  # the same clips must not be served whole from an earlier pass
-    engine.warm_prefix(plan.prompt)
-    engine_on = _engine_pass(engine, plan, frames)
+    engine_on = _engine_only(engine, plan, frames, prefix_caching=True)
 
     log("end to end, first pass over the clips (cold cache: the prefix-cache figure)")
     engine.reset_prefix_cache()

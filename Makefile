@@ -20,7 +20,9 @@ demo: $(STAMP)
 	$(BIN)/captioner run samples --out demo-out --adapter demo
 	$(BIN)/captioner eval demo-out/captions.jsonl --refs samples/references.jsonl --out demo-out/report
 
-# The report test opens the evaluation report in headless Chromium (Debian's package).
+# The report test opens the evaluation report in headless Chromium; the docker/ test validates the
+# compose file with docker-compose (no Docker engine needed). Both are Debian packages.
 test: $(STAMP)
-	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium fonts-noto-cjk; }
+	command -v chromium >/dev/null && command -v docker-compose >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq chromium fonts-noto-cjk docker-compose; }
 	$(BIN)/python -m pytest

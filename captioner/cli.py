@@ -84,15 +84,26 @@ def run(
     _setup_logging(verbose)
     try:
         settings = _settings(
-            model=model, adapter=adapter, tier=tier, frames=frames, prompt=prompt,
-            sampling=sampling, decode_timeout=decode_timeout, sets=sets,
+            model=model,
+            adapter=adapter,
+            tier=tier,
+            frames=frames,
+            prompt=prompt,
+            sampling=sampling,
+            decode_timeout=decode_timeout,
+            sets=sets,
         )
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     progress = Progress(
-        TextColumn("[bold]captioning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("[bold]captioning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
         TextColumn("ok {task.fields[ok]} failed {task.fields[failed]}"),
-        disable=not sys.stderr.isatty(), console=None, transient=False,
+        disable=not sys.stderr.isatty(),
+        console=None,
+        transient=False,
     )
     task = progress.add_task("captioning", total=None, ok=0, failed=0)
     counts = {"ok": 0, "failed": 0}
@@ -144,7 +155,9 @@ def bench(
     frames: Optional[int] = typer.Option(None, help="Frames per clip (default: the tier's)."),
     clips: int = typer.Option(16, help="Clips (720p/1080p, 5-30 s) for the stage measurements."),
     naive_clips: int = typer.Option(4, help="Clips for the naive one-at-a-time baseline (it is slow)."),
-    memory_clips: int = typer.Option(1000, help="Clips in the long end-to-end run (throughput and memory), cycling through --clips."),
+    memory_clips: int = typer.Option(
+        1000, help="Clips in the long end-to-end run (throughput and memory), cycling through --clips."
+    ),
     clips_dir: Optional[Path] = typer.Option(None, help="Where benchmark clips are written and reused."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a tier profile field: FIELD=VALUE."),
 ) -> None:
@@ -216,6 +229,9 @@ def worker(
     tier: Optional[str] = typer.Option(None, help="auto|cpu|t4|l4|a100|h100."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a tier profile field: FIELD=VALUE."),
     name: Optional[str] = typer.Option(None, help="Worker name (default captioner-PID@HOST)."),
+    metrics_port: Optional[int] = typer.Option(
+        None, help="Serve Prometheus metrics on this port at /metrics (default CAPTIONER_METRICS_PORT; off if unset)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log engine details."),
 ) -> None:
     """Run one caption worker (one per GPU): load the engine once, then caption chunks from the queue."""
@@ -223,7 +239,7 @@ def worker(
     from captioner.pipeline import ConfigError
 
     _setup_logging(verbose)
-    settings = _service_settings(model=model, adapter=adapter, tier=tier, sets=sets)
+    settings = _service_settings(model=model, adapter=adapter, tier=tier, sets=sets, metrics_port=metrics_port)
     import workers.tasks
 
     runtime = workers.tasks.use_settings(settings)
@@ -246,7 +262,9 @@ def worker(
 @app.command()
 def submit(
     video_dirs: list[Path] = typer.Argument(
-        ..., help="Folders to caption (under the allowed roots).", readable=False  # checked by submit, one message
+        ...,
+        help="Folders to caption (under the allowed roots).",
+        readable=False,  # checked by submit, one message
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for captions.jsonl and summary.json."),
     prompt: Optional[str] = typer.Option(None, help="Prompt name under prompts/, or name@version."),
@@ -259,9 +277,7 @@ def submit(
     """Queue VIDEO_DIRS for the workers and print the job id. Exit status with --wait: 0 done, 1 not."""
     from captioner.service import SubmitError, submit as submit_job, wait as wait_job
 
-    settings = _service_settings(
-        prompt=prompt, sampling=sampling, frames=frames, tier=tier, chunk_size=chunk_size
-    )
+    settings = _service_settings(prompt=prompt, sampling=sampling, frames=frames, tier=tier, chunk_size=chunk_size)
     try:
         job_id = submit_job(video_dirs, out, settings)
     except SubmitError as exc:
@@ -303,6 +319,38 @@ def cancel(job_id: str = typer.Argument(..., help="Job id printed by `captioner 
     except JobNotFound as exc:
         _fail(str(exc))
     typer.echo(json.dumps(current, ensure_ascii=False, indent=2))
+
+
+@app.command()
+def health(
+    worker_check: bool = typer.Option(
+        True, "--worker/--no-worker", help="Also require this host's worker to serve metrics (engine loaded)."
+    ),
+) -> None:
+    """Container health check: exit 0 if Redis answers and (with --worker) the local worker is ready, else 1."""
+    import urllib.error
+    import urllib.request
+
+    import redis
+
+    from captioner.service import connect
+
+    settings = _service_settings()
+    try:
+        connect(settings.broker_url, patient=False).ping()
+    except redis.RedisError as exc:
+        _fail(f"broker {settings.broker_url.rsplit('@', 1)[-1]} does not answer: {exc}", code=1)
+    if worker_check:
+        if settings.metrics_port is None:
+            _fail("no worker metrics to check: CAPTIONER_METRICS_PORT is not set", code=1)
+        url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+        try:
+            body = urllib.request.urlopen(url, timeout=10).read().decode()
+        except (urllib.error.URLError, OSError) as exc:
+            _fail(f"worker not ready: {url}: {exc}", code=1)
+        if "captioner_engine_loads_total" not in body:
+            _fail(f"{url} is not a captioner worker's metrics endpoint", code=1)
+    typer.echo("ok")
 
 
 @app.command()

@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     nightly_out: Path | None = Field(None, description="Output folder of the nightly job.")
     nightly_schedule: str = Field("0 2 * * *", description="Crontab (minute hour day month weekday), nightly job.")
     timezone: str = Field("UTC", description="Time zone of the nightly schedule and of dated summaries.")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Workers serve Prometheus metrics on this port (/metrics); None = off."
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the metrics endpoint listens on (0.0.0.0 in containers)."
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -100,6 +100,8 @@ class CaptionEngine:
             mm_processor_cache_gb=0,
             seed=seed,
         )
+        if profile.kv_cache_gib is not None:
+            kwargs["kv_cache_memory_bytes"] = int(profile.kv_cache_gib * 2**30)
         if profile.block_size is not None:
             kwargs["block_size"] = profile.block_size
         if adapter is not None:

@@ -45,6 +45,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from captioner.config import Settings
+from captioner.metrics import WorkerMetrics
 from captioner.outputs import CAPTIONS_FILE, RecordWriter, compact, latest_by_video, read_records, write_atomic
 from captioner.prompts import PromptError, load_prompt
 from captioner.sources import SourceError, check_folder, find_videos
@@ -491,11 +492,18 @@ class WorkerRuntime:
     settings: Settings
     load: Callable[[Any], Any] | None = None  # plan -> engine; default pipeline.load_engine
     store: JobStore = field(init=False)
+    metrics: WorkerMetrics = field(init=False)
     _engine: Any = field(default=None, init=False)
     _plans: dict[str, Any] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.store = JobStore.connect(self.settings, patient=True)
+        # The queue lives on the broker, which need not be the job store's Redis. Scrapes must not
+        # wait out the worker's patient retries: one quick try, else the depth is left out.
+        broker = (
+            connect(self.settings.broker_url, patient=False) if self.settings.broker_url.startswith("redis") else None
+        )
+        self.metrics = WorkerMetrics(self.settings.queue, broker)
 
     def plan(self, options: JobOptions) -> Any:
         """The pipeline plan for a job's options on this worker (cached)."""
@@ -511,13 +519,17 @@ class WorkerRuntime:
         from captioner.pipeline import check_engine, load_engine
 
         if self._engine is None:
+            started = time.perf_counter()
             self._engine = (self.load or load_engine)(plan)
+            self.metrics.engine_loaded(time.perf_counter() - started)
         check_engine(self._engine, plan)
         return self._engine
 
     def start(self) -> None:
-        """Load the engine for the worker's own settings (at worker start, before any chunk)."""
+        """Load the engine for the worker's own settings (at worker start, before any chunk); serve metrics."""
         self.engine(self.plan(JobOptions()))
+        if self.settings.metrics_port is not None:
+            self.metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
 
     def drop_engine(self) -> None:
         """Forget a dead engine so the next chunk builds a new one; free what it held."""
@@ -590,15 +602,16 @@ def run_chunk(
 
     def on_record(record: Any) -> None:
         store.account(job_id, record.video, record.status, record)
+        runtime.metrics.record(record)
         if store.state(job_id) not in ("queued", "running"):  # cancelled (or expired since)
             raise _Cancelled
 
     try:
         if outside:
-            _record_failed(store, job_id, plan, out_dir, outside, stats)
+            _record_failed(runtime, job_id, plan, out_dir, outside, stats)
         if deliveries > settings.chunk_retries + 1 + EXTRA_DELIVERIES:
             reason = f"gave up: this chunk was started {deliveries - 1} times and its worker vanished each time"
-            _record_failed(store, job_id, plan, out_dir, [(v, reason) for v in pending], stats)
+            _record_failed(runtime, job_id, plan, out_dir, [(v, reason) for v in pending], stats)
         else:
             caption_videos(pending, out_dir, plan, lambda: runtime.engine(plan), stats, on_record)
     except _Cancelled:
@@ -619,11 +632,12 @@ def run_chunk(
         remaining = [
             p for p, done in zip(pending, store.counted(job_id, [str(p) for p in pending]), strict=True) if not done
         ]
-        _record_failed(store, job_id, plan, out_dir, [(v, f"{reason} (after retries)") for v in remaining], stats)
+        _record_failed(runtime, job_id, plan, out_dir, [(v, f"{reason} (after retries)") for v in remaining], stats)
 
     seconds = time.perf_counter() - started
     complete = store.chunk_done(job_id, index, worker, seconds)
     captioned = stats.ok + stats.failed
+    runtime.metrics.chunk(captioned, stats.skipped, stats.output_tokens, seconds)
     log.info(
         "job %s chunk %d: %d videos (%d ok, %d failed, %d skipped) in %.1f s: %.3f videos/s, %.1f output tokens/s",
         job_id, index, len(videos), stats.ok, stats.failed, stats.skipped, seconds,
@@ -658,7 +672,7 @@ def _count_done(
 
 
 def _record_failed(
-    store: JobStore, job_id: str, plan: Any, out_dir: Path, failures: list[tuple[Path, str]], stats: Any
+    runtime: WorkerRuntime, job_id: str, plan: Any, out_dir: Path, failures: list[tuple[Path, str]], stats: Any
 ) -> None:
     """Write a `failed` record for each (video, reason) and count it."""
     if not failures:
@@ -667,8 +681,9 @@ def _record_failed(
         for video, reason in failures:
             record = plan.record(str(video), status="failed", caption="", error=reason)
             writer.write(record)
-            if store.account(job_id, str(video), "failed", record):
+            if runtime.store.account(job_id, str(video), "failed", record):
                 stats.failed += 1
+                runtime.metrics.record(record)
 
 
 def finish_job(store: JobStore, job_id: str, plan: Any) -> None:

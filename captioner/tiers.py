@@ -27,6 +27,9 @@ class TierProfile(BaseModel):
     gpu_memory_utilization: float = Field(
         gt=0, le=1, description="On CPU: fraction of NUMA node 0 memory reserved for the KV cache."
     )
+    kv_cache_gib: float | None = Field(
+        None, gt=0, description="KV cache size in GiB; when set, it replaces gpu_memory_utilization's sizing."
+    )
     max_num_seqs: int = Field(gt=0, description="Sequences vLLM runs concurrently.")
     max_num_batched_tokens: int = Field(gt=0, description="Tokens per scheduler step; >= one video.")
     enable_chunked_prefill: bool
@@ -56,6 +59,10 @@ PROFILES: dict[str, TierProfile] = {
         device="cpu",
         dtype="bfloat16",
         gpu_memory_utilization=0.3,  # the default 0.92 fails at start on CPU
+        # On CPU vLLM sizes the cache as the fraction of NUMA node 0's memory minus the process's own
+        # RSS: on a machine with a small node 0 a fraction can come out negative, a size cannot.
+        # 16 sequences x 4096 tokens of the demo model need 64 MiB; 2 GiB also fits a small real model.
+        kv_cache_gib=2.0,
         # Demo model, 1 engine thread: 16 videos per call gave 2.3 videos/s, 8 gave 1.7, 32 gave 2.4.
         max_num_seqs=16,
         max_num_batched_tokens=4096,
@@ -168,7 +175,6 @@ def resolve_profile(tier: str = "auto", overrides: dict[str, Any] | None = None)
     unknown = set(overrides) - set(TierProfile.model_fields)
     if unknown:
         raise ValueError(
-            f"unknown profile field(s) {', '.join(sorted(unknown))}; "
-            f"fields: {', '.join(TierProfile.model_fields)}"
+            f"unknown profile field(s) {', '.join(sorted(unknown))}; fields: {', '.join(TierProfile.model_fields)}"
         )
     return TierProfile.model_validate({**base.model_dump(), **overrides})

@@ -14,12 +14,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from captioner.config import Settings
 from captioner.outputs import read_records
@@ -37,6 +39,7 @@ from captioner.service import (
     submit,
 )
 from captioner.synth import write_clips
+from tests.compose import captioner_args, healthcheck_args, with_option
 
 CLI = [sys.executable, "-m", "captioner.cli"]
 CHUNK = 2  # videos per chunk in these tests
@@ -85,13 +88,27 @@ class RedisServer:
 class Worker:
     """A `captioner worker` process (its own process group, so its decoder processes die with it)."""
 
-    def __init__(self, name: str, env: dict[str, str], logs: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], logs: Path, metrics_port: int) -> None:
         self.name = f"{name}@{HOST}"
         self.log = logs / f"{name}.log"
+        self.metrics_port = metrics_port
+        # The GPU worker's command in docker/compose.yaml, with this worker's name.
+        args = with_option(captioner_args("worker-gpu0"), "--name", f"{name}@%h")
         self.proc = subprocess.Popen(
-            [*CLI, "worker", "--name", f"{name}@%h"],
-            env=env, stdout=self.log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
+            [*CLI, *args],
+            env=dict(env, CAPTIONER_METRICS_PORT=str(metrics_port)),
+            stdout=self.log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
+
+    def metrics(self) -> dict[str, float]:
+        """Scrape the worker's /metrics: {'name{label="v"}': value}."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return samples
 
     def wait_ready(self, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
@@ -178,7 +195,7 @@ def worker_env(home: Path, server: RedisServer, root: Path) -> dict[str, str]:
         CAPTIONER_NIGHTLY_FOLDERS=f"{root}/watched:{root}/watched-missing",
         CAPTIONER_NIGHTLY_OUT=f"{root}/nightly-out",
         # Two engines beside the test session's: a small KV cache is plenty for the demo model.
-        CAPTIONER_PROFILE__GPU_MEMORY_UTILIZATION="0.05",
+        CAPTIONER_PROFILE__KV_CACHE_GIB="0.25",
         # One clip per generate() call, so records appear one by one and a kill lands mid-chunk.
         CAPTIONER_PROFILE__BATCH_SIZE="1",
     )
@@ -188,7 +205,7 @@ def worker_env(home: Path, server: RedisServer, root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def workers(worker_env, beat, tmp_path_factory):
     logs = tmp_path_factory.mktemp("worker-logs")
-    started = [Worker("w1", worker_env, logs), Worker("w2", worker_env, logs)]
+    started = [Worker("w1", worker_env, logs, _free_port()), Worker("w2", worker_env, logs, _free_port())]
     try:
         for worker in started:
             worker.wait_ready()
@@ -205,7 +222,7 @@ def beat(worker_env, tmp_path_factory):
     env = dict(worker_env, CAPTIONER_QUEUE="beat-probe", CAPTIONER_NIGHTLY_SCHEDULE="* * * * *",
                CAPTIONER_HOME=str(beat_home))  # fmt: skip
     log = beat_home / "beat.log"
-    proc = subprocess.Popen([*CLI, "beat"], env=env, stdout=log.open("a"), stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([*CLI, *captioner_args("beat")], env=env, stdout=log.open("a"), stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
     yield proc, log
     os.killpg(proc.pid, signal.SIGKILL)
@@ -468,6 +485,66 @@ def test_two_workers_share_one_job(workers, svc_settings, store, root):
     assert log.count(f"job {job_id} chunk") == 3 and "videos/s" in log and "output tokens/s" in log
 
 
+def test_workers_serve_prometheus_metrics(workers, worker_env, svc_settings, store, root):
+    from workers.app import app_for
+
+    def scrape() -> list[dict[str, float]]:
+        return [worker.metrics() for worker in workers]
+
+    def total(samples: list[dict[str, float]], name: str) -> float:
+        return sum(s.get(name, 0.0) for s in samples)
+
+    for worker in workers:  # the containers' health check, against these workers
+        env = dict(worker_env, CAPTIONER_METRICS_PORT=str(worker.metrics_port))
+        healthy = subprocess.run([*CLI, *healthcheck_args("worker-gpu0")], env=env, capture_output=True, text=True,
+                                 timeout=60)  # fmt: skip
+        assert healthy.returncode == 0, healthy.stderr
+    nobody = dict(worker_env, CAPTIONER_METRICS_PORT=str(_free_port()))
+    sick = subprocess.run([*CLI, *healthcheck_args("worker-gpu0")], env=nobody, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert sick.returncode == 1 and "worker not ready" in sick.stderr
+    before = scrape()
+    assert all(s["captioner_engine_loads_total"] == 1 and s["captioner_engine_load_seconds"] > 0 for s in before)
+    # Workers stop taking chunks (as an operator would with `celery control cancel_consumer`), so
+    # the job's chunks wait in the queue where the metric must see them.
+    control = app_for(svc_settings).control
+    names = [w.name for w in workers]
+    assert len(control.cancel_consumer(svc_settings.queue, destination=names, reply=True, timeout=10)) == 2
+    folder = root / "metrics"
+    good = clips(folder, 3)
+    (folder / "broken.mp4").write_bytes(b"not a video at all")
+    out = root / "metrics-out"
+    job_id = submit([folder], out, svc_settings)
+    queued = scrape()
+    assert [s['captioner_queue_depth{queue="captioner"}'] for s in queued] == [2, 2]
+    assert store.redis.llen(svc_settings.queue) == 2
+    assert len(control.add_consumer(svc_settings.queue, destination=names, reply=True, timeout=10)) == 2
+    final = wait_job(store, job_id)
+    assert final["state"] == "done" and (final["ok"], final["failed"]) == (3, 1)
+    after = scrape()
+    assert [s['captioner_queue_depth{queue="captioner"}'] for s in after] == [0, 0]
+
+    def delta(name: str) -> float:
+        return total(after, name) - total(before, name)
+
+    records = one_record_each(out, [*good, folder / "broken.mp4"])
+    ok = [r for r in records.values() if r["status"] == "ok"]
+    assert delta('captioner_clips_total{status="ok"}') == 3
+    assert delta('captioner_clips_total{status="failed"}') == 1
+    assert delta("captioner_chunks_total") == 2
+    assert delta("captioner_output_tokens_total") == sum(r["output_tokens"] for r in ok) > 0
+    assert delta("captioner_prompt_tokens_total") == sum(r["prompt_tokens"] for r in ok)
+    assert delta("captioner_cached_prompt_tokens_total") == sum(r["cached_tokens"] for r in ok)
+    decoded = [r for r in records.values() if r["decode_s"] is not None]
+    assert delta("captioner_decode_seconds_count") == len(decoded) >= 3
+    assert delta("captioner_decode_seconds_sum") == pytest.approx(sum(r["decode_s"] for r in decoded), abs=0.01)
+    for samples in after:
+        if samples["captioner_prompt_tokens_total"]:  # a worker that has captioned something
+            ratio = samples["captioner_cached_prompt_tokens_total"] / samples["captioner_prompt_tokens_total"]
+            assert samples["captioner_prefix_cache_hit_ratio"] == pytest.approx(ratio) and 0 < ratio < 1
+            assert samples["captioner_output_tokens_per_second"] > 0 and samples["captioner_videos_per_second"] > 0
+
+
 def test_resubmitting_a_finished_folder_does_no_work(workers, svc_settings, store, root):
     out = root / "shared-out"
     before = (out / "captions.jsonl").read_bytes()
@@ -589,7 +666,7 @@ def test_sigkill_mid_chunk_loses_nothing(workers, svc_settings, store, root, wor
     victim.kill()
     victim.stop()  # its orphaned decoder processes
     # Restarted (as a supervisor would) while the chunk waits out the visibility timeout.
-    workers[0] = Worker("w1", worker_env, victim.log.parent)
+    workers[0] = Worker("w1", worker_env, victim.log.parent, victim.metrics_port)
     assert status(store, job_id)["pending"] > 0  # the job's state outlived its worker
     final = wait_job(store, job_id, timeout=240)
     assert final["state"] == "done" and (final["ok"], final["failed"], final["pending"]) == (6, 0, 0), final

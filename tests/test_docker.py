@@ -224,3 +224,39 @@ def test_prometheus_scrapes_every_worker(resolved):
     targets = set(job["static_configs"][0]["targets"])
     workers = {name for name in resolved["services"] if name.startswith("worker-")}
     assert targets == {f"{name}:9808" for name in workers}
+
+
+def test_redis_command_keeps_the_password_off_the_command_line(tmp_path):
+    """Run compose's Redis command (on a free port, data in tmp) with the local redis-server."""
+    import socket
+    import time
+
+    import redis as redis_py
+
+    script = services()["redis"]["command"][2].replace("$$", "$")  # compose's unescaping of `$$`
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    local = script.replace("--dir /data", f"--dir {tmp_path} --port {port} --bind 127.0.0.1")
+    assert local != script
+    password = REQUIRED["REDIS_PASSWORD"]
+    proc = subprocess.Popen(["sh", "-c", local], env={**os.environ, "REDIS_PASSWORD": password},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        client = redis_py.Redis(port=port, password=password)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert client.ping()
+                break
+            except redis_py.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        with pytest.raises(redis_py.AuthenticationError):
+            redis_py.Redis(port=port).ping()
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()  # `exec`: the shell became redis-server
+        assert b"redis-server" in cmdline and password.encode() not in cmdline
+    finally:
+        proc.terminate()
+        proc.wait(30)

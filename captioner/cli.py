@@ -79,6 +79,7 @@ def run(
     from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from captioner.engine import EngineError
     from captioner.pipeline import ConfigError, run as run_pipeline
 
     _setup_logging(verbose)
@@ -121,7 +122,7 @@ def run(
 
     try:
         summary = run_pipeline(video_dirs, out, settings, on_start=on_start, on_record=on_record)
-    except ConfigError as exc:
+    except (ConfigError, EngineError) as exc:
         _fail(str(exc))
     finally:
         progress.stop()
@@ -194,6 +195,45 @@ def demo_model(
 
     base, adapter = build_demo_model(directory, seed=seed)
     typer.echo(f"base model: {base}\nadapter:    {adapter}")
+
+
+@app.command("quantize")
+def quantize_(
+    model: str = typer.Option(..., help="Unquantized LLaVA-NeXT-Video checkpoint folder; 'demo' = the demo one."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the AWQ checkpoint (new, or empty)."),
+    adapter: Optional[str] = typer.Option(None, help="LoRA adapter folder merged first; 'demo' = the demo adapter."),
+    calibration: Optional[list[Path]] = typer.Option(
+        None, "--calibration", help="More calibration text: captions.jsonl, or references (JSONL, CSV, AI-Hub folder)."
+    ),
+    prompt: str = typer.Option("detailed-ko", help="Prompt the calibration captions follow, as when captioning."),
+    dtype: str = typer.Option("auto", help="Working precision: auto (float16 on GPU, float32 on CPU), bfloat16..."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress."),
+) -> None:
+    """Merge the LoRA adapter and quantize the language model to 4-bit AWQ (the t4/l4 tiers' checkpoint).
+
+    Prints the figures as JSON: layers quantized, sizes before/after, reconstruction error, calibration used.
+    """
+    from captioner.config import DEMO
+    from captioner.quantize import QuantizeError, quantize as quantize_checkpoint
+
+    _setup_logging(verbose)
+    demo_dir = _settings().demo_dir
+    if DEMO in (model, adapter) and not (demo_dir / "base" / "config.json").exists():
+        from captioner.demo_model import build_demo_model
+
+        build_demo_model(demo_dir)
+    try:
+        result = quantize_checkpoint(
+            demo_dir / "base" if model == DEMO else Path(model),
+            out,
+            adapter=None if adapter is None else demo_dir / "adapter" if adapter == DEMO else Path(adapter),
+            calibration=calibration or [],
+            prompt=prompt,
+            dtype=dtype,
+        )
+    except QuantizeError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
 
 
 # --- the service: worker, submit, status, cancel, beat (README "Running as a service") ---------------

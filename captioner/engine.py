@@ -31,6 +31,23 @@ class EngineError(Exception):
     """The engine could not be built; the message says why."""
 
 
+def _check_cpu_awq_kernel(model: str) -> None:
+    """Refuse AWQ on a CPU whose vLLM kernel library lacks the AWQ matmul, before loading anything.
+
+    vLLM's CPU wheel compiles `cpu_gemm_wna16` into its AVX-512 kernel libraries only; on an AVX2
+    CPU the checkpoint loads and the first forward pass fails with an AttributeError.
+    """
+    import torch
+    import vllm._custom_ops  # noqa: F401 - loads the kernel library vLLM picks for this CPU
+
+    if not hasattr(torch.ops._C, "cpu_gemm_wna16"):
+        capability = torch.backends.cpu.get_cpu_capability()
+        raise EngineError(
+            f"{model}: vLLM runs AWQ on a CPU only with its AVX-512 kernels (cpu_gemm_wna16), and this CPU "
+            f"has {capability}; serve the AWQ checkpoint on a GPU, or the unquantized checkpoint here"
+        )
+
+
 @dataclass
 class Generation:
     """What the engine produced for one clip."""
@@ -76,6 +93,8 @@ class CaptionEngine:
         enable_prefix_caching: bool = True,
     ) -> None:
         compat.apply()  # before vllm is imported: see compat.py
+        if profile.device == "cpu" and profile.quantization == "awq":
+            _check_cpu_awq_kernel(model)
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 

@@ -63,7 +63,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAPTIONER_", env_nested_delimiter="__", extra="ignore")
 
     model: str = Field(DEMO, description="Model folder or hub id; 'demo' = the built-in random-weight checkpoint.")
-    adapter: str | None = Field(None, description="LoRA adapter folder; 'demo' = the demo adapter.")
+    adapter: str | None = Field(
+        None, description="LoRA adapter folder; 'demo' = the demo adapter; 'none' = no adapter (e.g. merged by quantize)."
+    )
     tier: Literal["auto", "cpu", "t4", "l4", "a100", "h100"] = "auto"
     frames: int | None = Field(None, gt=0, description="Frames per clip; default from the tier.")
     prompt: str = Field("detailed-ko", description="Prompt name, or name@version.")
@@ -123,6 +125,14 @@ class Settings(BaseSettings):
     def _split_paths(cls, value: Any) -> Any:
         if isinstance(value, str):  # from the environment: "/a:/b"
             return [part for part in value.split(":") if part.strip()]
+        return value
+
+    @field_validator("adapter", mode="before")
+    @classmethod
+    def _no_adapter(cls, value: Any) -> Any:
+        # An environment variable cannot be unset from a compose file or a TOML override: "none" can.
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return None
         return value
 
     @field_validator("nightly_schedule")

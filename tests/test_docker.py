@@ -176,6 +176,11 @@ def test_environment_is_valid_settings_and_paths_agree(resolved, monkeypatch):
             assert settings.metrics_port == 9808 and settings.metrics_host == "0.0.0.0"
     cpu = _settings_of(resolved["services"]["worker-cpu"], monkeypatch)
     assert (cpu.tier, cpu.model, cpu.adapter) == ("cpu", "demo", "demo")
+    # t4/l4 serve the quantize output, whose adapter is merged: no adapter at all.
+    awq = compose_config({**REQUIRED, "CAPTIONER_MODEL_DIR": "model-awq", "CAPTIONER_ADAPTER": "none"})
+    assert awq.returncode == 0, awq.stderr
+    settings = _settings_of(yaml.safe_load(awq.stdout)["services"]["worker-gpu0"], monkeypatch)
+    assert (settings.model, settings.adapter) == ("/models/model-awq", None)
 
 
 def test_commands_and_health_checks_are_captioner_commands(resolved):

@@ -651,6 +651,10 @@ def _write_checkpoint(
         }
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        # safetensors creates the file 0600; the serving containers run as another user (uid 10001).
+        umask = os.umask(0)
+        os.umask(umask)
+        (staging / "model.safetensors").chmod(0o666 & ~umask)
         result.checkpoint_bytes_after = (staging / "model.safetensors").stat().st_size
         result.seconds = round(time.perf_counter() - started, 3)
         provenance = {"quantized_by": "captioner quantize", **result.to_dict()}

@@ -112,6 +112,11 @@ def test_checkpoint_layout_config_and_files(demo, quantized):
 
     base, _ = demo
     out, figures = quantized
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # readable by the serving user
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"] == {
         "quant_method": "awq",

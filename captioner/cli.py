@@ -85,27 +85,16 @@ def run(
     _setup_logging(verbose)
     try:
         settings = _settings(
-            model=model,
-            adapter=adapter,
-            tier=tier,
-            frames=frames,
-            prompt=prompt,
-            sampling=sampling,
-            decode_timeout=decode_timeout,
-            sets=sets,
-        )
+            model=model, adapter=adapter, tier=tier, frames=frames, prompt=prompt,
+            sampling=sampling, decode_timeout=decode_timeout, sets=sets,
+        )  # fmt: skip
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     progress = Progress(
-        TextColumn("[bold]captioning"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
+        TextColumn("[bold]captioning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         TextColumn("ok {task.fields[ok]} failed {task.fields[failed]}"),
-        disable=not sys.stderr.isatty(),
-        console=None,
-        transient=False,
-    )
+        disable=not sys.stderr.isatty(), console=None, transient=False,
+    )  # fmt: skip
     task = progress.add_task("captioning", total=None, ok=0, failed=0)
     counts = {"ok": 0, "failed": 0}
 

@@ -509,16 +509,21 @@ def test_workers_serve_prometheus_metrics(workers, worker_env, svc_settings, sto
     # the job's chunks wait in the queue where the metric must see them.
     control = app_for(svc_settings).control
     names = [w.name for w in workers]
-    assert len(control.cancel_consumer(svc_settings.queue, destination=names, reply=True, timeout=10)) == 2
     folder = root / "metrics"
     good = clips(folder, 3)
     (folder / "broken.mp4").write_bytes(b"not a video at all")
     out = root / "metrics-out"
-    job_id = submit([folder], out, svc_settings)
-    queued = scrape()
-    assert [s['captioner_queue_depth{queue="captioner"}'] for s in queued] == [2, 2]
-    assert store.redis.llen(svc_settings.queue) == 2
-    assert len(control.add_consumer(svc_settings.queue, destination=names, reply=True, timeout=10)) == 2
+    assert len(control.cancel_consumer(svc_settings.queue, destination=names, reply=True, timeout=10)) == 2
+    try:
+        # kombu polls the queue with 1 s BRPOPs: one already waiting when the consumer was cancelled
+        # could still take a chunk. Let those run out first.
+        time.sleep(2.5)
+        job_id = submit([folder], out, svc_settings)
+        queued = scrape()
+        assert [s['captioner_queue_depth{queue="captioner"}'] for s in queued] == [2, 2]
+        assert store.redis.llen(svc_settings.queue) == 2
+    finally:  # the later tests need consuming workers, whatever happened here
+        assert len(control.add_consumer(svc_settings.queue, destination=names, reply=True, timeout=10)) == 2
     final = wait_job(store, job_id)
     assert final["state"] == "done" and (final["ok"], final["failed"]) == (3, 1)
     after = scrape()

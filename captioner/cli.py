@@ -206,16 +206,15 @@ def quantize_(
     from captioner.quantize import QuantizeError, quantize as quantize_checkpoint
 
     _setup_logging(verbose)
-    demo_dir = _settings().demo_dir
-    if DEMO in (model, adapter) and not (demo_dir / "base" / "config.json").exists():
-        from captioner.demo_model import build_demo_model
+    if DEMO in (model, adapter):
+        from captioner.demo_model import ensure_demo_model
 
-        build_demo_model(demo_dir)
+        demo_base, demo_adapter = ensure_demo_model(_settings().demo_dir)
     try:
         result = quantize_checkpoint(
-            demo_dir / "base" if model == DEMO else Path(model),
+            demo_base if model == DEMO else Path(model),
             out,
-            adapter=None if adapter is None else demo_dir / "adapter" if adapter == DEMO else Path(adapter),
+            adapter=None if adapter is None else demo_adapter if adapter == DEMO else Path(adapter),
             calibration=calibration or [],
             prompt=prompt,
             dtype=dtype,
@@ -247,7 +246,7 @@ def _job_store(settings: Settings, patient: bool = False) -> Any:
     try:
         store.ping()
     except SubmitError as exc:
-        _fail(str(exc).replace("; nothing was queued", ""))
+        _fail(str(exc))
     return store
 
 
@@ -360,15 +359,13 @@ def health(
     import urllib.error
     import urllib.request
 
-    import redis
-
-    from captioner.service import connect
+    from captioner.service import SubmitError, connect, ping
 
     settings = _service_settings()
     try:
-        connect(settings.broker_url, patient=False).ping()
-    except redis.RedisError as exc:
-        _fail(f"broker {settings.broker_url.rsplit('@', 1)[-1]} does not answer: {exc}", code=1)
+        ping(connect(settings.broker_url, patient=False))
+    except SubmitError as exc:
+        _fail(f"broker: {exc}", code=1)
     if worker_check:
         if settings.metrics_port is None:
             _fail("no worker metrics to check: CAPTIONER_METRICS_PORT is not set", code=1)

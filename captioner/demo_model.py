@@ -11,6 +11,7 @@ patches). Its outputs are meaningless but deterministic for a given seed.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -50,6 +51,7 @@ __all__ = [
     "IMAGE_TOKEN",
     "VIDEO_TOKEN",
     "build_demo_model",
+    "ensure_demo_model",
 ]
 
 DEMO_FRAME_SIZE = 64  # frames are resized/cropped to this square size (real model: 336)
@@ -96,6 +98,15 @@ _LORA_B_STD = 0.2  # PEFT zero-inits B (a no-op adapter); random B makes it chan
 
 
 DEMO_TOKENS_PER_FRAME = frame_tokens(DEMO_FRAME_SIZE, DEMO_PATCH_SIZE, DEMO_SPATIAL_POOL_STRIDE)
+
+
+def ensure_demo_model(out_dir: Path) -> tuple[Path, Path]:
+    """`build_demo_model(out_dir)` unless it was built there already; returns ``(base_dir, adapter_dir)``."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "base" / "config.json").exists():
+        logging.getLogger(__name__).info("building the demo checkpoint in %s", out_dir)
+        return build_demo_model(out_dir)
+    return out_dir / "base", out_dir / "adapter"
 
 
 def build_demo_model(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:

@@ -91,11 +91,9 @@ class Plan:
 
 def _resolve_model(settings: Settings) -> str:
     if settings.model == DEMO or settings.adapter == DEMO:
-        from captioner.demo_model import build_demo_model
+        from captioner.demo_model import ensure_demo_model
 
-        if not (settings.demo_dir / "base" / "config.json").exists():
-            log.info("building the demo checkpoint in %s", settings.demo_dir)
-            build_demo_model(settings.demo_dir)
+        ensure_demo_model(settings.demo_dir)
     if settings.model == DEMO:
         return str((settings.demo_dir / "base").resolve())
     path = Path(settings.model).expanduser()

@@ -126,6 +126,15 @@ def connect(url: str, patient: bool) -> redis.Redis:
     )
 
 
+def ping(client: redis.Redis) -> None:
+    """Raise `SubmitError` naming host:port (never the password) at once when Redis cannot be reached."""
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        url = client.connection_pool.connection_kwargs
+        raise SubmitError(f"cannot reach Redis at {url.get('host', '?')}:{url.get('port', '?')} ({exc})") from None
+
+
 # Count one video once: add it to the job's set and bump counters only if it was not there yet.
 _ACCOUNT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -207,12 +216,7 @@ class JobStore:
 
     def ping(self) -> None:
         """Raise `SubmitError` at once when Redis cannot be reached."""
-        try:
-            self.redis.ping()
-        except redis.RedisError as exc:
-            url = self.redis.connection_pool.connection_kwargs
-            where = f"{url.get('host', '?')}:{url.get('port', '?')}"
-            raise SubmitError(f"cannot reach Redis at {where} ({exc}); nothing was queued") from None
+        ping(self.redis)
 
     def create(self, job_id: str, fields: dict[str, Any]) -> None:
         """Record a new job."""
@@ -342,7 +346,10 @@ def submit(folders: list[Path], out: Path, settings: Settings) -> str:
     checked, out_dir, videos = check_submission(folders, out, settings)
     options = job_options(settings)
     store = JobStore.connect(settings, patient=False)
-    store.ping()
+    try:
+        store.ping()
+    except SubmitError as exc:
+        raise SubmitError(f"{exc}; nothing was queued") from None
     return enqueue(store, settings, checked, out_dir, videos, options)
 
 

@@ -72,11 +72,22 @@ def run(
     prompt: Optional[str] = typer.Option(None, help="Prompt name under prompts/, or name@version."),
     sampling: Optional[str] = typer.Option(None, help="default | deterministic (greedy, for evaluation)."),
     decode_timeout: Optional[float] = typer.Option(None, help="Seconds before a clip's decoder is killed."),
+    keyframe_tolerance: Optional[float] = typer.Option(
+        None, help="Serve a target frame by its nearest keyframe within this share of a segment; 0 = exact."
+    ),
+    wait_settled: bool = typer.Option(
+        False, "--wait-settled", help="Wait for files still being written (modified in the last settle_seconds)."
+    ),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a tier profile field: FIELD=VALUE."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log engine and pipeline progress."),
 ) -> None:
-    """Caption every video under VIDEO_DIRS in Korean; re-running skips videos already done."""
+    """Caption every video under VIDEO_DIRS in Korean; re-running skips videos already done.
+
+    stdout carries only the summary JSON; progress and failed clips go to stderr.
+    """
     from pydantic import ValidationError
+    from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from captioner.engine import EngineError
@@ -85,15 +96,15 @@ def run(
     _setup_logging(verbose)
     try:
         settings = _settings(
-            model=model, adapter=adapter, tier=tier, frames=frames, prompt=prompt,
-            sampling=sampling, decode_timeout=decode_timeout, sets=sets,
+            model=model, adapter=adapter, tier=tier, frames=frames, prompt=prompt, sampling=sampling,
+            decode_timeout=decode_timeout, keyframe_tolerance=keyframe_tolerance, sets=sets,
         )  # fmt: skip
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     progress = Progress(
         TextColumn("[bold]captioning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         TextColumn("ok {task.fields[ok]} failed {task.fields[failed]}"),
-        disable=not sys.stderr.isatty(), console=None, transient=False,
+        disable=not sys.stderr.isatty(), console=Console(stderr=True), transient=False,
     )  # fmt: skip
     task = progress.add_task("captioning", total=None, ok=0, failed=0)
     counts = {"ok": 0, "failed": 0}
@@ -106,11 +117,14 @@ def run(
     def on_record(record: Any) -> None:
         counts[record.status] += 1
         if record.status == "failed":
-            progress.console.print(f"[yellow]failed[/] {record.video}: {record.error}")
+            # Names and decoder texts may hold [brackets]: printed as text, never as markup.
+            progress.console.print(f"[yellow]failed[/] {escape(record.video)}: {escape(record.error or '')}")
         progress.update(task, advance=1, **counts)
 
     try:
-        summary = run_pipeline(video_dirs, out, settings, on_start=on_start, on_record=on_record)
+        summary = run_pipeline(
+            video_dirs, out, settings, on_start=on_start, on_record=on_record, wait_settled=wait_settled
+        )
     except (ConfigError, EngineError) as exc:
         _fail(str(exc))
     finally:
@@ -134,6 +148,40 @@ def eval_(
     from captioner.evaluation.run import run_eval
 
     raise typer.Exit(run_eval(captions, refs, out, against=against, regression_threshold=threshold, worst_best=show))
+
+
+@app.command("frames")
+def frames_(
+    videos: list[Path] = typer.Argument(..., help="Video files."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for DIR/<video stem>/00.png ... and frames.json."),
+    frames: Optional[int] = typer.Option(None, help="Frames per clip (default: the tier's)."),
+    model: Optional[str] = typer.Option(None, help="Model whose input size the frames take; 'demo' = built-in."),
+    tier: Optional[str] = typer.Option(None, help="auto|cpu|t4|l4|a100|h100 (sets the default frames)."),
+    keyframe_tolerance: Optional[float] = typer.Option(None, help="Keyframe tolerance (share of a segment); 0 = exact."),
+    decode_timeout: Optional[float] = typer.Option(None, help="Seconds before a clip's decoder is killed."),
+) -> None:
+    """Write the frames the model would see of each video, with how they were taken (frames.json).
+
+    Prints one JSON line per video on stdout; exit status 1 when a video has no frames.
+    """
+    from captioner.frames.export import export_frames
+    from captioner.pipeline import ConfigError, make_plan
+
+    _setup_logging(False)
+    settings = _service_settings(
+        model=model, tier=tier, frames=frames, keyframe_tolerance=keyframe_tolerance, decode_timeout=decode_timeout
+    )
+    try:
+        plan = make_plan(settings)
+    except ConfigError as exc:
+        _fail(str(exc))
+    failed = 0
+    for result in export_frames(videos, out, plan.frame_spec, settings.decode_timeout):
+        if result.get("error"):
+            failed += 1
+            typer.echo(f"failed {result['video']}: {result['error']}", err=True)
+        typer.echo(json.dumps(result, ensure_ascii=False))
+    raise typer.Exit(1 if failed else 0)
 
 
 @app.command()

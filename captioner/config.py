@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     sampling: Literal["default", "deterministic"] = "default"
     seed: int = 0
     decode_timeout: float = Field(60.0, gt=0, description="Seconds before a clip's decoder process is killed.")
+    keyframe_tolerance: float = Field(
+        0.25, ge=0, le=0.5, description="A target frame is served by its nearest keyframe within this share of a "
+        "segment (cheaper to decode); 0 = exact frames."
+    )
+    settle_seconds: float = Field(
+        60.0, ge=0, description="Files modified more recently than this may still be copying: nightly and queued "
+        "jobs leave them for the next run, `captioner run` warns (or waits with --wait-settled)."
+    )
     home: Path = Field(default_factory=default_home)
     profile: dict[str, Any] = Field(default_factory=dict, description="Overrides of tier profile fields.")
 

@@ -20,6 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
+from captioner.sources import safe_text
+
 log = logging.getLogger(__name__)
 
 CAPTIONS_FILE = "captions.jsonl"
@@ -46,11 +48,30 @@ class CaptionRecord:
     tier: str | None = None
     sampling: str | None = None
     decode_s: float | None = None
+    # How the frames were taken (see `frames.ClipFrames.facts`): times in seconds from the first
+    # shown frame, the largest distance from a target as a share of a segment, decord or pyav,
+    # and what was corrected ("rotation 90 applied") or worked around.
+    frame_times: list[float] | None = None
+    frame_shift_max: float | None = None
+    decoder: str | None = None
+    notes: list[str] = field(default_factory=list)
+    video_raw: str | None = None  # base64 of the path's bytes when `video` cannot hold them (see sources)
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def to_json(self) -> str:
-        """One line of UTF-8 JSON (Korean kept readable)."""
-        return json.dumps(asdict(self), ensure_ascii=False)
+        """One line of UTF-8 JSON (Korean kept readable; undecodable name bytes shown as \\xNN)."""
+        return json.dumps(_clean(asdict(self)), ensure_ascii=False)
+
+
+def _clean(value: Any) -> Any:
+    """`value` with every string made valid UTF-8 (decoder errors may quote undecodable file names)."""
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, list):
+        return [_clean(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _clean(item) for key, item in value.items()}
+    return value
 
 
 def version_key(record: dict[str, Any]) -> tuple:

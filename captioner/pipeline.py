@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from captioner.config import DEMO, Settings
-from captioner.frames import ClipFrames, FrameDecoder, FrameError
+from captioner.frames import ClipFrames, FrameDecoder, FrameError, FrameSpec
 from captioner.outputs import (
     CAPTIONS_FILE,
     CaptionRecord,
@@ -30,7 +30,7 @@ from captioner.outputs import (
     write_summary,
 )
 from captioner.prompts import PromptError, RenderedPrompt, check_budget, load_prompt, render, tokens_per_frame
-from captioner.sources import SourceError, find_videos
+from captioner.sources import Found, SourceError, find_videos, raw_name, video_id
 from captioner.tiers import TierProfile, resolve_profile
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,11 @@ class Plan:
     prompt: RenderedPrompt
     prompt_tokens: int
 
-    def record(self, video: str, **fields: Any) -> CaptionRecord:
-        """A record for `video` carrying this plan's versions."""
+    def record(self, video: Path | str, **fields: Any) -> CaptionRecord:
+        """A record for the file `video` carrying this plan's versions."""
         return CaptionRecord(
-            video=video,
+            video=video_id(video),
+            video_raw=raw_name(video),
             frames=self.frames,
             model=self.model,
             adapter=self.adapter_name,
@@ -82,6 +83,11 @@ class Plan:
             "frames": self.frames,
             "sampling": self.settings.sampling,
         }
+
+    @property
+    def frame_spec(self) -> FrameSpec:
+        """What the frame stage takes from every clip for this plan."""
+        return FrameSpec(self.frames, self.frame_size, self.settings.keyframe_tolerance)
 
     @property
     def key(self) -> tuple:
@@ -215,6 +221,8 @@ class RunStats:
     ok: int = 0
     failed: int = 0
     skipped: int = 0
+    ignored: int = 0  # hidden and AppleDouble files left out by discovery
+    settling: int = 0  # files still being written, left for the next run
     output_tokens: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
@@ -242,6 +250,8 @@ class RunStats:
             "ok": self.ok,
             "failed": self.failed,
             "skipped": self.skipped,
+            "ignored": self.ignored,
+            "settling": self.settling,
             "seconds": round(seconds, 3),
             "engine_load_s": round(self.engine_load_s, 3),
             "videos_per_s": round(captioned / seconds, 4) if captioned else 0.0,
@@ -257,19 +267,42 @@ class RunStats:
         }
 
 
-def discover(folders: list[Path]) -> list[Path]:
-    """All videos under `folders`; `ConfigError` when a folder is missing, unreadable or has none."""
+def discover(folders: list[Path], settle_seconds: float = 0.0) -> Found:
+    """All videos under `folders`; `ConfigError` when a folder is missing, unreadable or has none.
+
+    Files modified within `settle_seconds` are in `Found.settling`, not in `Found.videos`.
+    """
     try:
-        found = find_videos(folders)
+        found = find_videos(folders, settle_seconds)
     except SourceError as exc:
         raise ConfigError(str(exc)) from None
     for problem in found.unreadable:
         log.warning("skipped unreadable folder %s", problem)
     for folder in folders:
         root = Path(folder).resolve()
-        if not any(video.is_relative_to(root) for video in found.videos):
-            raise ConfigError(f"{folder}: no videos (.mp4 .mov .mkv .avi .webm) in this folder")
-    return found.videos
+        if not any(video.is_relative_to(root) for video in found.videos + found.settling):
+            raise ConfigError(found.describe_empty(folder))
+    return found
+
+
+def wait_until_settled(found: Found, settle_seconds: float, poll_s: float = 1.0) -> None:
+    """Block until no file in `found.settling` has changed for `settle_seconds`; move them to `videos`."""
+    while found.settling:
+        now = time.time()
+        ages = {path: now - _mtime(path) for path in found.settling}
+        settled = [path for path, age in ages.items() if age >= settle_seconds]
+        found.videos = sorted(found.videos + settled)
+        found.settling = [path for path in found.settling if path not in settled]
+        if found.settling:
+            log.warning("waiting for %d files still being written", len(found.settling))
+            time.sleep(min(poll_s, max(0.05, settle_seconds - min(ages[p] for p in found.settling))))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0  # gone: settled as far as waiting goes; the frame stage reports it
 
 
 def pending_videos(videos: list[Path], captions: Path, plan: Plan) -> list[Path]:
@@ -277,7 +310,7 @@ def pending_videos(videos: list[Path], captions: Path, plan: Plan) -> list[Path]
     done = {
         video for video, record in latest_by_video(read_records(captions), plan.key).items() if record["status"] == "ok"
     }
-    return [video for video in videos if str(video) not in done]
+    return [video for video in videos if video_id(video) not in done]
 
 
 def caption_clips(
@@ -331,7 +364,7 @@ def caption_clips(
                 try:
                     ready.append(future.result())
                 except FrameError as exc:
-                    yield finish(plan.record(str(video), status="failed", caption="", error=exc.reason)), 0
+                    yield finish(plan.record(video, status="failed", caption="", error=exc.reason)), 0
             top_up()
         if not ready or (len(ready) < wanted and in_flight):
             continue
@@ -340,7 +373,7 @@ def caption_clips(
         for clip, gen in zip(batch, engine.caption([clip.frames for clip in batch], plan.prompt, sampling)):
             failed = gen.error is not None or not gen.text
             record = plan.record(
-                clip.video,
+                Path(clip.video),
                 status="failed" if failed else "ok",
                 caption="" if failed else gen.text,
                 error=gen.error or ("the model returned an empty caption" if failed else None),
@@ -349,6 +382,7 @@ def caption_clips(
                 output_tokens=gen.output_tokens,
                 finish_reason=gen.finish_reason,
                 decode_s=round(clip.decode_s, 4),
+                **clip.facts(),
             )
             yield finish(record), shareable
 
@@ -369,7 +403,7 @@ def caption_videos(
     if not videos:
         return stats
     workers = min(plan.profile.decode_workers, len(videos))
-    with FrameDecoder(plan.frames, plan.frame_size, workers, plan.settings.decode_timeout) as decoder:
+    with FrameDecoder(plan.frame_spec, workers, plan.settings.decode_timeout) as decoder:
         with RecordWriter(out_dir / CAPTIONS_FILE) as writer:
             for record, shareable in caption_clips(videos, plan, writer, decoder, engine_factory, on_record):
                 stats.add(record, shareable)
@@ -383,19 +417,32 @@ def run(
     engine: Any = None,
     on_start: Callable[[int, int], None] = lambda todo, skipped: None,
     on_record: Callable[[CaptionRecord], None] = lambda record: None,
+    wait_settled: bool = False,
 ) -> dict[str, Any]:
     """Caption every new video under `folders` into `out_dir`; return the summary.
 
     Videos with an `ok` record for the same model, adapter and prompt are skipped; failed ones are
-    retried. `engine` lets a long-lived process (a worker) reuse its loaded engine.
+    retried. `engine` lets a long-lived process (a worker) reuse its loaded engine. Files modified
+    within `settings.settle_seconds` are captioned with a warning, or first waited for
+    (`wait_settled`).
     """
-    videos = discover(folders)  # first: the cheapest check, and the commonest mistake
+    found = discover(folders, settings.settle_seconds)  # first: the cheapest check, and the commonest mistake
+    if found.settling and wait_settled:
+        wait_until_settled(found, settings.settle_seconds)
+    elif found.settling:
+        log.warning(
+            "%d files were modified in the last %g s and may still be copying (captioned anyway; "
+            "--wait-settled waits for them): %s",
+            len(found.settling), settings.settle_seconds, ", ".join(video_id(p) for p in found.settling[:5]),
+        )  # fmt: skip
+        found.videos = sorted(found.videos + found.settling)
+    videos = found.videos
     plan = make_plan(settings)
     if engine is not None:
         check_engine(engine, plan)
     captions = out_dir / CAPTIONS_FILE
     todo = pending_videos(videos, captions, plan)
-    stats = RunStats(videos=len(videos), skipped=len(videos) - len(todo))
+    stats = RunStats(videos=len(videos), skipped=len(videos) - len(todo), ignored=len(found.ignored))
     on_start(len(todo), stats.skipped)
 
     def engine_factory() -> Any:

@@ -48,7 +48,7 @@ from captioner.config import Settings
 from captioner.metrics import WorkerMetrics
 from captioner.outputs import CAPTIONS_FILE, RecordWriter, compact, latest_by_video, read_records, write_atomic
 from captioner.prompts import PromptError, load_prompt
-from captioner.sources import SourceError, check_folder, find_videos
+from captioner.sources import Found, SourceError, check_folder, find_videos, video_id
 from captioner.tiers import resolve_profile
 
 log = logging.getLogger(__name__)
@@ -239,16 +239,18 @@ class JobStore:
             )
         )
 
-    def account(self, job_id: str, video: str, counter: str, record: Any = None) -> bool:
+    def account(self, job_id: str, video: Path | str, counter: str, record: Any = None) -> bool:
         """Count `video` under `counter` (ok, failed, skipped) unless it was counted; True if counted now."""
         tokens = [getattr(record, name, 0) or 0 for name in ("output_tokens", "prompt_tokens", "cached_tokens")]
-        return bool(self._account(keys=[self.key(job_id), self.key(job_id, "videos")], args=[video, counter, *tokens]))
+        args = [video_id(video), counter, *tokens]  # Redis takes valid text: any file name as its video_id
+        return bool(self._account(keys=[self.key(job_id), self.key(job_id, "videos")], args=args))
 
-    def counted(self, job_id: str, videos: list[str]) -> list[bool]:
+    def counted(self, job_id: str, videos: list[Path] | list[str]) -> list[bool]:
         """For each video, whether it was counted already."""
         if not videos:
             return []
-        return [bool(flag) for flag in self.redis.smismember(self.key(job_id, "videos"), videos)]
+        members = [video_id(video) for video in videos]
+        return [bool(flag) for flag in self.redis.smismember(self.key(job_id, "videos"), members)]
 
     def chunk_done(self, job_id: str, index: int, worker: str, busy_s: float) -> bool:
         """Mark chunk `index` finished; True when the job is complete and needs finishing."""
@@ -290,12 +292,13 @@ def _allowed(path: Path, roots: list[Path], what: str) -> Path:
     raise SubmitError(f"{path}: outside the allowed roots ({shown}; set CAPTIONER_ALLOWED_ROOTS)")
 
 
-def check_submission(folders: list[Path], out: Path, settings: Settings) -> tuple[list[Path], Path, list[Path]]:
+def check_submission(folders: list[Path], out: Path, settings: Settings) -> tuple[list[Path], Path, Found]:
     """Check the folders and the output folder; return them made absolute and the videos found.
 
-    Raises `SubmitError` naming the first problem: a path outside the allowed roots (after
-    resolving symlinks), `..`, a missing, unreadable or empty folder, or a video that is a symlink
-    pointing outside the roots.
+    Files modified within `settings.settle_seconds` are left for a later job (`Found.settling`):
+    a queued job must never caption a half-copied file. Raises `SubmitError` naming the first
+    problem: a path outside the allowed roots (after resolving symlinks), `..`, a missing,
+    unreadable or empty folder, or a video that is a symlink pointing outside the roots.
     """
     if not folders:
         raise SubmitError("no folders given")
@@ -311,15 +314,15 @@ def check_submission(folders: list[Path], out: Path, settings: Settings) -> tupl
     out_dir = _allowed(Path(out), roots, "output")
     if out_dir.exists() and not out_dir.is_dir():
         raise SubmitError(f"{out}: output is not a folder")
-    found = find_videos(checked)
+    found = find_videos(checked, settings.settle_seconds)
     for problem in found.unreadable:
         raise SubmitError(f"unreadable folder {problem}")
     for folder in checked:
-        if not any(video.is_relative_to(folder) for video in found.videos):
-            raise SubmitError(f"{folder}: no videos (.mp4 .mov .mkv .avi .webm) in this folder")
+        if not any(video.is_relative_to(folder) for video in found.videos + found.settling):
+            raise SubmitError(found.describe_empty(folder))
     for video in found.videos:
         _allowed(video, roots, "video")  # a symlinked video must not reach outside the roots either
-    return checked, out_dir, found.videos
+    return checked, out_dir, found
 
 
 def chunk_size(settings: Settings) -> int:
@@ -343,14 +346,19 @@ def submit(folders: list[Path], out: Path, settings: Settings) -> str:
 
     Everything is checked (paths, prompt, Redis) before the first message is sent.
     """
-    checked, out_dir, videos = check_submission(folders, out, settings)
+    checked, out_dir, found = check_submission(folders, out, settings)
+    if not found.videos:
+        raise SubmitError(
+            f"all {len(found.settling)} videos were modified in the last {settings.settle_seconds:g} s and may still "
+            "be copying; nothing was queued: submit again when the copy is done"
+        )
     options = job_options(settings)
     store = JobStore.connect(settings, patient=False)
     try:
         store.ping()
     except SubmitError as exc:
         raise SubmitError(f"{exc}; nothing was queued") from None
-    return enqueue(store, settings, checked, out_dir, videos, options)
+    return enqueue(store, settings, checked, out_dir, found.videos, options, left_out=found)
 
 
 def enqueue(
@@ -362,8 +370,11 @@ def enqueue(
     options: JobOptions,
     skipped: int = 0,
     summary: str = "",
+    left_out: Found | None = None,
 ) -> str:
     """Record a job and send its chunks; `skipped` videos were found done before queueing.
+
+    `left_out` counts what discovery left out (`ignored`, `settling`) in the job's status.
 
     A job without videos has no chunk to finish it: the caller finishes it (`finish_job`).
     """
@@ -388,6 +399,8 @@ def enqueue(
             "ok": 0,
             "failed": 0,
             "skipped": skipped,
+            "ignored": len(left_out.ignored) if left_out else 0,
+            "settling": len(left_out.settling) if left_out else 0,
             "output_tokens": 0,
             "prompt_tokens": 0,
             "cached_tokens": 0,
@@ -449,6 +462,8 @@ def status(store: JobStore, job_id: str) -> dict[str, Any]:
         "failed": failed,
         "skipped": skipped,
         "pending": max(0, videos - ok - failed - skipped),
+        "ignored": number("ignored"),
+        "settling": number("settling"),
         "chunks": number("chunks"),
         "chunks_done": chunks_done,
         "out": job["out"],
@@ -637,7 +652,7 @@ def run_chunk(
             raise RetryChunk(reason) from exc
         log.error("job %s chunk %d: %s; giving up on its remaining clips", job_id, index, reason)
         remaining = [
-            p for p, done in zip(pending, store.counted(job_id, [str(p) for p in pending]), strict=True) if not done
+            p for p, done in zip(pending, store.counted(job_id, pending), strict=True) if not done
         ]
         _record_failed(runtime, job_id, plan, out_dir, [(v, f"{reason} (after retries)") for v in remaining], stats)
 
@@ -668,10 +683,10 @@ def _count_done(
     latest = latest_by_video(read_records(captions), plan.key)
     job_second = int(submitted_at)  # records carry whole seconds; one of the job's first second counts as skipped
     for video in videos:
-        record = latest.get(str(video), {})
+        record = latest.get(video_id(video), {})
         created = record.get("created_at")
         mine = created is not None and datetime.fromisoformat(created).timestamp() > job_second
-        if store.account(job_id, str(video), "ok" if mine else "skipped"):
+        if store.account(job_id, video, "ok" if mine else "skipped"):
             if mine:
                 stats.ok += 1
             else:
@@ -686,9 +701,9 @@ def _record_failed(
         return
     with RecordWriter(out_dir / CAPTIONS_FILE) as writer:
         for video, reason in failures:
-            record = plan.record(str(video), status="failed", caption="", error=reason)
+            record = plan.record(video, status="failed", caption="", error=reason)
             writer.write(record)
-            if runtime.store.account(job_id, str(video), "failed", record):
+            if runtime.store.account(job_id, video, "failed", record):
                 stats.failed += 1
                 runtime.metrics.record(record)
 
@@ -730,6 +745,8 @@ def job_summary(current: dict[str, Any], plan: Any) -> dict[str, Any]:
         "ok": current["ok"],
         "failed": current["failed"],
         "skipped": current["skipped"],
+        "ignored": current["ignored"],
+        "settling": current["settling"],
         "seconds": timings["running_s"],
         "busy_s": timings["busy_s"],
         "videos_per_s": timings["videos_per_s"],
@@ -764,6 +781,7 @@ def nightly(runtime: WorkerRuntime) -> str | None:
         return None
     folders: list[Path] = []
     videos: list[Path] = []
+    left_out = Found()  # hidden and AppleDouble files; files still being copied wait for tomorrow
     for folder in settings.nightly_folders:
         try:
             checked, _, found = check_submission([folder], out_dir, settings)
@@ -771,13 +789,15 @@ def nightly(runtime: WorkerRuntime) -> str | None:
             log.warning("nightly: %s; folder left out tonight", exc)
             continue
         folders += checked
-        videos += found
+        videos += found.videos
+        left_out.ignored += found.ignored
+        left_out.settling += found.settling
     options = job_options(settings)
     plan = runtime.plan(options)
     todo = pending_videos(videos, out_dir / CAPTIONS_FILE, plan)
     job_id = enqueue(
         runtime.store, settings, folders, out_dir, todo, options,
-        skipped=len(videos) - len(todo), summary=f"nightly-{today}.json",
+        skipped=len(videos) - len(todo), summary=f"nightly-{today}.json", left_out=left_out,
     )  # fmt: skip
     if not todo:
         finish_job(runtime.store, job_id, plan)

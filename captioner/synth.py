@@ -64,13 +64,16 @@ def write_clip(
     grain: int = 0,
     bitrate: int | None = None,
     preset: str = "veryfast",
+    keyframe_interval: int | None = None,
 ) -> Path:
     """Write an H.264 MP4 clip of a drawn `scene` to `path` and return the path.
 
     `grain` adds film-grain noise of that amplitude (0-255 scale). Drawn scenes are flat and
     compress far better than camera footage; grain brings the bitrate, and so the decoding
     cost, closer to real clips; `bitrate` (bits/s) then replaces `crf` with a target like a
-    camera's. Large frames are drawn at a quarter of their size and scaled up.
+    camera's. Large frames are drawn at a quarter of their size and scaled up. `keyframe_interval`
+    (frames) sets the GOP: cameras and phones write a keyframe every 0.5-1 s, x264's default
+    (250) is what re-encoded web video has.
     """
     import av
 
@@ -88,6 +91,9 @@ def write_clip(
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
         stream.options = {"preset": preset} if bitrate else {"crf": str(crf), "preset": preset}
+        if keyframe_interval:
+            # min-keyint = keyint and no scene-cut keyframes: a camera's fixed GOP.
+            stream.options |= {"x264-params": f"keyint={keyframe_interval}:min-keyint={keyframe_interval}:scenecut=0"}
         if bitrate:
             stream.bit_rate = bitrate
         for i in range(total):

@@ -61,19 +61,19 @@ def write_bad_files(folder: Path, source_clip: Path) -> dict[str, Path]:
 
 
 # Decoders for FrameDecoder's `decode` hook: they run in its real worker processes.
-def hanging_decode(path: Path, num_frames: int, short_side: int | None):
+def hanging_decode(path: Path, spec):
     """Never returns for clips named *hang*; decodes the others normally."""
     from captioner.frames import decode_clip
 
     if "hang" in path.name:
         time.sleep(3600)
-    return decode_clip(path, num_frames, short_side)
+    return decode_clip(path, spec)
 
 
-def crashing_decode(path: Path, num_frames: int, short_side: int | None):
+def crashing_decode(path: Path, spec):
     """Kills its own process for clips named *crash*, as a segfaulting decoder would."""
     from captioner.frames import decode_clip
 
     if "crash" in path.name:
         os._exit(139)
-    return decode_clip(path, num_frames, short_side)
+    return decode_clip(path, spec)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captioner.frames import FrameDecoder, FrameError, decode_size, sample_frames, sample_indices
+from captioner.frames import FrameDecoder, FrameError, FrameSpec, choose_frames, decode_size, sample_frames
 from captioner.sources import SourceError, find_videos
 from captioner.synth import write_clip
 from tests.badfiles import crashing_decode, hanging_decode, write_bad_files
@@ -18,12 +18,34 @@ def clip(tmp_path_factory) -> Path:
     return write_clip(tmp_path_factory.mktemp("clip") / "nature.mp4", "nature", seconds=2, fps=10, width=320, height=180)
 
 
-def test_indices_are_uniform_clamped_and_exactly_n():
-    assert sample_indices(100, 4) == [12, 37, 62, 87]
-    assert sample_indices(3, 8) == [0, 0, 0, 1, 1, 2, 2, 2]  # short clip: repeats, never past the end
-    for available in (1, 2, 7, 31, 1000):
-        idx = sample_indices(available, 16)
-        assert len(idx) == 16 and idx == sorted(idx) and 0 <= idx[0] and idx[-1] < available
+def test_choice_is_time_uniform_distinct_and_exactly_n():
+    times = np.arange(100) / 10.0
+    none = np.zeros(100, dtype=bool)
+    exact = choose_frames(times, none, 4, 0.25, 0.1)
+    assert exact.indices == [12, 37, 62, 87]  # nearest the centres of 4 segments of 10 s (ties: the earlier)
+    assert exact.shift_max <= 0.05 / exact.segment_s + 1e-9
+    short = choose_frames(np.arange(3) / 10.0, np.array([True, False, False]), 8, 0.25, 0.1)
+    assert len(short.indices) == 8 and short.indices == sorted(short.indices) and short.indices[-1] == 2
+    for count in (8, 9, 31, 1000):
+        pick = choose_frames(np.arange(count) / 30.0, np.ones(count, dtype=bool), 8, 0.5, 1 / 30)
+        assert len(set(pick.indices)) == 8 and pick.indices == sorted(pick.indices) and pick.indices[-1] < count
+    # Variable frame rate: targets follow time, not frame numbers.
+    vfr = np.concatenate([np.arange(90) / 30.0, 3.0 + np.arange(10) / 2.0])  # 3 s at 30 fps, then 5 s at 2 fps
+    pick = choose_frames(vfr, np.zeros(100, dtype=bool), 8, 0.0, 1 / 30)
+    assert sum(t < 3.0 for t in pick.times) == 3  # 3 of 8 segments lie in the first 3 s of 8 s
+
+
+def test_keyframes_serve_targets_only_within_the_tolerance():
+    times = np.arange(300) / 30.0  # 10 s
+    camera = np.zeros(300, dtype=bool)
+    camera[::15] = True  # a keyframe every 0.5 s
+    pick = choose_frames(times, camera, 8, 0.25, 1 / 30)
+    assert all(camera[i] for i in pick.indices) and pick.shift_max <= 0.25
+    one_key = np.zeros(300, dtype=bool)
+    one_key[0] = True  # x264's default on a short clip: one keyframe
+    pick = choose_frames(times, one_key, 8, 0.25, 1 / 30)
+    assert len(set(pick.indices)) == 8 and pick.shift_max <= 0.25  # never the same picture 8 times
+    assert choose_frames(times, camera, 8, 0.0, 1 / 30).indices == choose_frames(times, one_key, 8, 0.0, 1 / 30).indices
 
 
 def test_decode_size_keeps_aspect_and_scales_short_side():
@@ -43,19 +65,19 @@ def test_frames_decoded_at_model_size(clip):
 
 def test_clip_shorter_than_n_frames(tmp_path):
     short = write_clip(tmp_path / "short.mp4", "sea", seconds=0.3, fps=10)  # 3 frames
-    frames = sample_frames(short, 8, short_side=64)
+    frames = sample_frames(short, 8, short_side=64, tolerance=0.25)
     assert frames.shape[0] == 8
-    assert np.array_equal(frames[0], frames[1])  # repeated, not invented
+    assert len({frame.tobytes() for frame in frames}) == 3  # the 3 frames repeated, none invented
 
 
 @pytest.mark.parametrize(
     "kind,reason",
     [
         ("empty", "empty (0 bytes)"),
-        ("text", "not a readable video file"),
-        ("image", "no video stream|not a readable video|decoding failed"),
-        ("truncated", "not a readable video file"),
-        ("truncated_faststart", "truncated or damaged: the header promises 30 frames, only"),
+        ("text", "not a video file, or a damaged one"),
+        ("image", "a still image (png), not a video"),
+        ("truncated", "file ends early (cut at about"),
+        ("truncated_faststart", "file ends early (cut at about"),
         ("audio", "no video stream (contains: audio)"),
         ("directory", "not a regular file"),
         ("dangling", "does not exist"),
@@ -72,7 +94,7 @@ def test_bad_files_raise_clear_errors(tmp_path, clip, kind, reason):
 def test_decoder_pool_survives_bad_hanging_and_crashing_clips(tmp_path, clip):
     files = write_bad_files(tmp_path / "bad", clip)
     hang = write_clip(tmp_path / "hang.mp4", "city", seconds=1)
-    with FrameDecoder(8, 64, workers=1, timeout=5, decode=hanging_decode) as decoder:
+    with FrameDecoder(FrameSpec(8, 64), workers=1, timeout=5, decode=hanging_decode) as decoder:
         futures = {name: decoder.submit(path) for name, path in files.items()}
         hung = decoder.submit(hang)
         after = decoder.submit(clip)  # queued behind the hung clip on the only worker
@@ -83,7 +105,7 @@ def test_decoder_pool_survives_bad_hanging_and_crashing_clips(tmp_path, clip):
         assert after.result(timeout=60).frames.shape[0] == 8  # the pool replaced the killed worker
 
     crash = write_clip(tmp_path / "crash.mp4", "sea", seconds=1)
-    with FrameDecoder(8, 64, workers=1, timeout=30, decode=crashing_decode) as decoder:
+    with FrameDecoder(FrameSpec(8, 64), workers=1, timeout=30, decode=crashing_decode) as decoder:
         crashed, after = decoder.submit(crash), decoder.submit(clip)
         with pytest.raises(FrameError, match=r"decoder process died \(exit code 139\)") as info:
             crashed.result(timeout=60)

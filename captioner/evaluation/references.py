@@ -46,7 +46,11 @@ def video_stem(video: str) -> str:
 
     Both separators are accepted because reference files are often written on Windows.
     """
-    name = video.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return name_stem(video.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1])
+
+
+def name_stem(name: str) -> str:
+    """Matching key of a bare file name (no folder): its NFC stem."""
     stem = name.rsplit(".", 1)[0] if "." in name[1:] else name
     return unicodedata.normalize("NFC", stem)
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 import pandas as pd
 
+from captioner.sources import record_path, video_id
+
 if TYPE_CHECKING:
     from captioner.evaluation.run import Evaluation
 
@@ -104,28 +106,27 @@ class _Strips(dict):
         super().__init__()
         self._decoder: Any = None
 
-    def __missing__(self, video: str) -> tuple[str | None, str | None]:
+    def __missing__(self, key: tuple[str, str | None]) -> tuple[str | None, str | None]:
         if self._decoder is None:
-            from captioner.frames import FrameDecoder  # decoders start only when a report needs frames
+            from captioner.frames import FrameDecoder, FrameSpec  # decoders start only when a report needs frames
 
-            self._decoder = FrameDecoder(STRIP_FRAMES, STRIP_SHORT_SIDE, workers=1, timeout=STRIP_TIMEOUT_S)
-        self[video] = _frame_strip(video, self._decoder)
-        return self[video]
+            self._decoder = FrameDecoder(FrameSpec(STRIP_FRAMES, STRIP_SHORT_SIDE), workers=1, timeout=STRIP_TIMEOUT_S)
+        self[key] = _frame_strip(record_path({"video": key[0], "video_raw": key[1]}), self._decoder)
+        return self[key]
 
     def close(self) -> None:
         if self._decoder is not None:
             self._decoder.close()
 
 
-def _frame_strip(video: str, decoder: Any) -> tuple[str | None, str | None]:
+def _frame_strip(path: Path, decoder: Any) -> tuple[str | None, str | None]:
     """A JPEG strip of frames of ``video`` as a ``data:`` URI, or ``(None, reason)``.
 
     Any failure (missing file, undecodable or hanging video, frame reader not available)
     becomes a reason shown in place of the strip.
     """
-    path = Path(video)
     if not path.is_file():
-        return None, f"video not found: {video}"
+        return None, f"video not found: {video_id(path)}"
     try:
         frames = decoder.submit(path).result().frames
     except ImportError as exc:
@@ -136,7 +137,7 @@ def _frame_strip(video: str, decoder: Any) -> tuple[str | None, str | None]:
     from PIL import Image
 
     if len(frames) == 0:
-        return None, f"no frames decoded from {video}"
+        return None, f"no frames decoded from {video_id(path)}"
     strip = np.concatenate(list(frames), axis=1)
     buf = io.BytesIO()
     Image.fromarray(strip).save(buf, format="JPEG", quality=80)
@@ -150,7 +151,7 @@ def _cards(ev: Evaluation, videos: list[str], strips: _Strips) -> list[dict]:
     cards = []
     for video in videos:
         row = run.loc[video]
-        image, reason = strips[row["path"]]
+        image, reason = strips[(row["path"], row["video_raw"])]
         card = {
             "video": video,
             "path": row["path"],

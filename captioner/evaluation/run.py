@@ -27,7 +27,8 @@ import pandas as pd
 
 from captioner.evaluation import scores
 from captioner.evaluation.morphemes import Tokens, get_tokenizer, normalize_text
-from captioner.evaluation.references import InputError, ReferenceSet, load_references, video_stem
+from captioner.sources import record_path, video_id
+from captioner.evaluation.references import InputError, ReferenceSet, load_references, name_stem
 from captioner.outputs import json_objects
 
 OPENING_WORDS = 2
@@ -47,6 +48,7 @@ class CaptionRecord:
     stem: str
     video: str
     status: str
+    video_raw: str | None
     caption: str
     error: str | None
     version: str
@@ -111,7 +113,8 @@ def load_captions(path: Path) -> CaptionSet:
             problems.append(f'{where}: "caption" must be a string')
             continue
         count += 1
-        stem = video_stem(video)
+        # The stem of the real file name: a name shown with \\xNN escapes must not split at them.
+        stem = name_stem(video_id(record_path(rec).name))
         version = _version_label(rec)
         versions[version] += 1
         paths_seen.setdefault(stem, set()).add(video)
@@ -120,6 +123,7 @@ def load_captions(path: Path) -> CaptionSet:
             stem=stem,
             video=video,
             status=status,
+            video_raw=rec.get("video_raw"),
             caption=normalize_text(caption),
             error=None if error is None else str(error),
             version=version,
@@ -170,6 +174,7 @@ def score_run(label: str, captions: CaptionSet, refs: ReferenceSet, tokens: dict
             {
                 "video": stem,
                 "path": rec.video if rec else (ref.video if ref else ""),
+                "video_raw": rec.video_raw if rec else None,
                 "category": (ref.category if ref else None) or "",
                 "status": _clip_status(rec, ref is not None),
                 "record_status": rec.status if rec else "",

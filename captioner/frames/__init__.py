@@ -1,0 +1,26 @@
+"""Frame stage: the N frames the model sees of each clip, decoded in killable processes.
+
+- `probe`: the presented timeline and display geometry of a file, from its packets;
+- `choose`: which frames (time-uniform targets, nearest keyframe within a tolerance) at what size;
+- `readers`: decord first, PyAV where decord cannot; both return upright frames at display aspect;
+- `decode`: one clip through the three (`decode_clip`), what a decoder process runs;
+- `pool`: `FrameDecoder`, the pool of killable decoder processes the pipeline feeds from.
+"""
+
+from captioner.frames.choose import DEFAULT_TOLERANCE, FramePick, choose_frames, decode_size
+from captioner.frames.decode import ClipFrames, FrameSpec, decode_clip, sample_frames
+from captioner.frames.errors import FrameError
+from captioner.frames.pool import FrameDecoder
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "ClipFrames",
+    "FrameDecoder",
+    "FrameError",
+    "FramePick",
+    "FrameSpec",
+    "choose_frames",
+    "decode_clip",
+    "decode_size",
+    "sample_frames",
+]

@@ -1,0 +1,132 @@
+"""One clip in, the frames the model sees out: probe, choose, decode (decord, else PyAV)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from captioner.frames.choose import DEFAULT_TOLERANCE, choose_frames, decode_size
+from captioner.frames.errors import FrameError, explain
+from captioner.frames.probe import VideoInfo, probe
+from captioner.frames.readers import Decoded, read_decord, read_keyframes, read_pyav
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """What to take from every clip: how many frames, the short side, the keyframe tolerance."""
+
+    num_frames: int
+    short_side: int | None = None
+    tolerance: float = DEFAULT_TOLERANCE  # of a segment; 0 = exact frames
+
+
+@dataclass(frozen=True)
+class ClipFrames:
+    """Frames sampled from one clip, shape (N, H, W, 3) uint8 RGB, upright at display aspect."""
+
+    video: str
+    frames: np.ndarray
+    times: list[float]  # seconds from the first presented frame, one per frame
+    shift_max: float  # the largest distance of a frame from its target, as a fraction of a segment
+    decoder: str  # "decord" or "pyav"
+    display_size: tuple[int, int]  # the source's (width, height) as shown
+    rotation: int
+    source_frames: int  # frames the source presents
+    notes: tuple[str, ...] = ()
+    decode_s: float = 0.0
+    cpu_s: float = 0.0  # CPU seconds of the decoding process for this clip
+    codec: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def facts(self) -> dict[str, Any]:
+        """What a record and `frames.json` say about how the frames were taken."""
+        return {
+            "frame_times": [round(t, 3) for t in self.times],
+            "frame_shift_max": round(self.shift_max, 3),
+            "decoder": self.decoder,
+            "notes": list(self.notes),
+        }
+
+
+def decode_clip(path: Path, spec: FrameSpec) -> ClipFrames:
+    """Decode `spec.num_frames` frames of `path` (what decoder processes run).
+
+    Raises `FrameError` naming the file and a plain reason for anything that is not a readable video.
+    """
+    started, cpu_started = time.perf_counter(), time.process_time()
+    path = Path(path)
+    info = probe(path)
+    pick = choose_frames(info.times, info.keyframe, spec.num_frames, spec.tolerance, info.frame_s)
+    notes = list(info.notes)
+    decoded = _decode(path, info, pick.indices, spec.short_side, notes)
+    size = decode_size(*info.display_size(decoded.rotation), spec.short_side)
+    if decoded.frames.shape != (spec.num_frames, size[1], size[0], 3):
+        raise FrameError(path, f"decoder returned frames of shape {decoded.frames.shape}, expected {size[0]}x{size[1]}")
+    return ClipFrames(
+        video=str(path),
+        frames=decoded.frames,
+        times=pick.times,
+        shift_max=pick.shift_max,
+        decoder=decoded.decoder,
+        display_size=info.display_size(decoded.rotation),
+        rotation=decoded.rotation,
+        source_frames=info.frames,
+        notes=tuple(info.geometry_notes(decoded.rotation) + notes),
+        decode_s=time.perf_counter() - started,
+        cpu_s=time.process_time() - cpu_started,
+        codec=info.codec,
+    )
+
+
+def _decode(path: Path, info: VideoInfo, indices: list[int], short_side: int | None, notes: list[str]) -> Decoded:
+    """The cheapest reader for the chosen frames; PyAV where it fails (the note says why).
+
+    Keyframes alone: one packet each (`read_keyframes`). Otherwise decord, the primary decoder,
+    where it returns the right frames; PyAV where it is known not to (`_decord_unsafe`).
+    """
+    if all(info.keyframe[i] for i in indices):
+        first = read_keyframes
+    elif unsafe := _decord_unsafe(info):
+        first = None
+        notes.append(f"decoded with PyAV: {unsafe}")
+    else:
+        first = read_decord
+    if first is not None:
+        try:
+            return first(path, info, indices, short_side)
+        except Exception as exc:  # noqa: BLE001 - decord raises DECORDError/RuntimeError with C++ traces
+            reason = exc.reason if isinstance(exc, FrameError) else explain(str(exc)) or type(exc).__name__
+        if first is read_decord:
+            notes.append(f"codec {info.codec}: decoded with PyAV (decord: {reason})")
+    try:
+        return read_pyav(path, info, indices, short_side)
+    except FrameError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever FFmpeg says, the record needs the reason
+        raise FrameError(path, explain(str(exc))) from None
+
+
+# Containers whose frames decord 0.6 finds by timestamp correctly (MP4/MOV, Matroska/WebM). In
+# MPEG-TS/PS and AVI with B-frames it returns frames shifted or repeated after a seek
+# (tests/test_field.py shows it on the clips made by tests/fieldclips.py).
+_DECORD_CONTAINERS = ("mov", "mp4", "matroska", "webm")
+
+
+def _decord_unsafe(info: VideoInfo) -> str | None:
+    """Why decord 0.6 would return wrong frames of this stream, or None."""
+    if not any(name in _DECORD_CONTAINERS for name in info.container.split(",")):
+        return f"decord seeks {info.container} streams inexactly"
+    if info.hidden:
+        return "decord counts frames an edit list hides"
+    if info.open_gop:
+        return "decord miscounts frames after a seek in open GOPs"
+    return None
+
+
+def sample_frames(path: Path | str, num_frames: int, short_side: int | None = None, tolerance: float = 0.0) -> np.ndarray:
+    """`num_frames` upright RGB frames of `path` as a (N, H, W, 3) uint8 array (exact frames by default)."""
+    return decode_clip(Path(path), FrameSpec(num_frames, short_side, tolerance)).frames

@@ -1,0 +1,274 @@
+"""What a video file really holds, read from its packets without decoding any.
+
+The container's header is not trusted for what matters to sampling: the frame count and time
+range come from the video stream's own packets as a player presents them (frames an edit list
+hides are left out, a start offset is subtracted, variable frame rates keep their real times),
+and a file is called cut short only when *every* stream ends well before the stated length (an
+audio track longer than the video is normal, a copy cut at 60% is not).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from captioner.frames.errors import FrameError, explain
+
+# A clip whose streams all end before this share of the length its container states was cut
+# short (an interrupted copy); captioning its first seconds would silently describe the wrong clip.
+TRUNCATED_SHARE = 0.75
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """The presented video stream of one file."""
+
+    codec: str
+    coded_size: tuple[int, int]  # (width, height) as stored
+    sar: Fraction
+    may_rotate: bool  # the container can carry a display matrix (MP4/MOV): the first decoded frame tells
+    pts: np.ndarray  # stream timestamps of the presented frames, ascending
+    times: np.ndarray  # the same in seconds from the first presented frame
+    keyframe: np.ndarray  # bool per presented frame: decodable without earlier frames
+    time_base: Fraction
+    start_s: float  # stream time of the first presented frame
+    hidden: int  # frames stored but not presented (an edit list's lead-in)
+    open_gop: bool  # leading pictures: frames after a keyframe that show before it
+    container: str  # FFmpeg's name of the container format
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def display_size(self, rotation: int) -> tuple[int, int]:
+        """(width, height) as shown: the sample aspect ratio applied, then the rotation."""
+        width, height = self.coded_size
+        if self.sar != 1:
+            width = max(2, round(width * self.sar))
+        return (height, width) if rotation in (90, 270) else (width, height)
+
+    def geometry_notes(self, rotation: int) -> list[str]:
+        """What was corrected to show the picture as a player does."""
+        notes = [f"rotation {rotation} applied"] if rotation else []
+        if self.sar != 1:
+            width, height = self.coded_size
+            shown = self.display_size(0)
+            notes.append(
+                f"sample aspect {self.sar.numerator}:{self.sar.denominator} applied "
+                f"({width}x{height} shown as {shown[0]}x{shown[1]})"
+            )
+        return notes
+
+    @property
+    def frames(self) -> int:
+        """Frames a player presents."""
+        return len(self.pts)
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds from the first presented frame to the end of the last one."""
+        if len(self.times) < 2:
+            return float(self.times[-1]) + self.frame_s if len(self.times) else 0.0
+        return float(self.times[-1]) + self.frame_s
+
+    @property
+    def frame_s(self) -> float:
+        """Typical frame duration (the median gap between presented frames)."""
+        if len(self.times) < 2:
+            return 0.04
+        return float(np.median(np.diff(self.times))) or 0.04
+
+
+def checked_file(path: Path) -> None:
+    """Raise `FrameError` for a path that is not a readable, non-empty regular file."""
+    if not os.path.lexists(path) or not path.exists():
+        raise FrameError(path, "file does not exist" + (" (broken symlink)" if path.is_symlink() else ""))
+    if not path.is_file():
+        raise FrameError(path, "not a regular file")
+    if not os.access(path, os.R_OK):
+        raise FrameError(path, "file is not readable (permission denied)")
+    if path.stat().st_size == 0:
+        raise FrameError(path, "file is empty (0 bytes)")
+
+
+@contextmanager
+def openable(path: Path) -> Iterator[str]:
+    """A name FFmpeg and decord can open for `path`, also when the name is not valid UTF-8.
+
+    Both libraries take the name as UTF-8 text; a CP949 name from a Windows zip is not. The file is
+    then opened here and handed over as /proc/self/fd/N, which names the same file in ASCII.
+    """
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        fd = os.open(os.fsencode(path), os.O_RDONLY)
+        try:
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    yield str(path)
+
+
+def probe(path: Path) -> VideoInfo:
+    """Read the presented timeline and geometry of `path`'s first video stream.
+
+    Raises `FrameError` with a plain reason for files that are not videos, have no video stream,
+    have no frames, or were cut short.
+    """
+    import av
+
+    checked_file(path)
+    try:
+        with openable(path) as name, av.open(name, metadata_errors="replace") as container:
+            return _probe(path, container)
+    except FrameError:
+        raise
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise FrameError(path, _iso_media_cut(path) or explain(str(exc))) from None
+
+
+# Image formats FFmpeg opens as a one-frame "video": a picture renamed .mov is not footage.
+_STILL_FORMATS = ("image2", "_pipe", "gif", "apng")
+
+
+def _probe(path: Path, container) -> VideoInfo:
+    import av
+
+    if any(part in container.format.name for part in _STILL_FORMATS):
+        raise FrameError(path, f"a still image ({container.format.name.replace('_pipe', '')}), not a video")
+    streams = container.streams.video
+    if not streams:
+        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+        raise FrameError(path, f"no video stream (contains: {', '.join(kinds)})")
+    stream = streams[0]
+    ctx = stream.codec_context
+    width, height = ctx.width, ctx.height
+    if not width or not height:
+        raise FrameError(path, "video stream has no frame size (damaged header?)")
+    time_base = stream.time_base or Fraction(1, 90000)
+
+    pts: list[int] = []
+    keys: list[bool] = []
+    hidden = 0
+    open_gop = False  # a keyframe followed (in decode order) by frames shown before it
+    after_key: int | None = None
+    stream_end: dict[int, float] = {}  # per stream: the latest end time of its packets, in seconds
+    demux_error = None
+    try:
+        for packet in container.demux():
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if stamp is None or packet.size == 0:
+                continue
+            if packet.time_base is not None:
+                end = float((stamp + (packet.duration or 0)) * packet.time_base)
+                stream_end[packet.stream.index] = max(stream_end.get(packet.stream.index, end), end)
+            if packet.stream.index != stream.index:
+                continue
+            if packet.is_discard:  # decoded for what follows, never shown: an edit list's lead-in
+                hidden += 1
+                continue
+            if after_key is not None and stamp < after_key:
+                open_gop = True
+            after_key = stamp if packet.is_keyframe and pts else None
+            pts.append(stamp)
+            keys.append(bool(packet.is_keyframe))
+    except (av.error.FFmpegError, EOFError) as exc:
+        demux_error = explain(str(exc))
+    if not pts:
+        raise FrameError(path, f"video stream has no frames ({demux_error})" if demux_error else "video stream has no frames")
+
+    order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
+    pts_sorted = np.asarray(pts, dtype=np.int64)[order]
+    keep = np.concatenate([[True], np.diff(pts_sorted) > 0])  # a repeated timestamp is one picture
+    pts_sorted, keyframe = pts_sorted[keep], np.asarray(keys, dtype=bool)[order][keep]
+    seconds = pts_sorted.astype(np.float64) * float(time_base)
+    times = seconds - seconds[0]
+
+    _check_complete(path, container, stream_end, demux_error)
+
+    sar = stream.sample_aspect_ratio or ctx.sample_aspect_ratio or Fraction(1, 1)
+    sar = Fraction(sar) if sar and sar > 0 else Fraction(1, 1)
+    notes = []
+    if hidden:
+        notes.append(f"edit list: {hidden} lead-in frames not shown")
+    if seconds[0] >= 1.0:
+        notes.append(f"stream starts at {seconds[0]:.3f} s")
+    return VideoInfo(
+        codec=getattr(ctx.codec, "canonical_name", None) or ctx.name,  # "av1", not the decoder "libdav1d"
+        coded_size=(width, height),
+        sar=sar,
+        # Only the QuickTime family stores a display matrix that FFmpeg applies; PyAV shows it
+        # on decoded frames, so it is read from the first frame decoded.
+        may_rotate=any(name in container.format.name.split(",") for name in ("mov", "mp4")),
+        pts=pts_sorted,
+        times=times,
+        keyframe=keyframe,
+        time_base=Fraction(time_base),
+        start_s=float(seconds[0]),
+        hidden=hidden,
+        open_gop=open_gop,
+        container=container.format.name,
+        notes=tuple(notes),
+    )
+
+
+def _check_complete(path: Path, container, stream_end: dict[int, float], demux_error: str | None) -> None:
+    """Raise `FrameError` when every stream stops well before the length the container states."""
+    import av
+
+    if not container.duration or not stream_end:
+        if demux_error and not stream_end:
+            raise FrameError(path, demux_error)
+        return
+    start = (container.start_time or 0) / av.time_base
+    stated = container.duration / av.time_base
+    if 0 < start < stated:
+        # Matroska states where the content ends, not how long it lasts: a clip whose timestamps
+        # start at 3600 s says 3602 s. Judge by the shorter reading.
+        stated -= start
+    covered = max(stream_end.values()) - start
+    if stated > 0 and covered < TRUNCATED_SHARE * stated:
+        share = max(0.0, covered / stated)
+        raise FrameError(
+            path,
+            f"file ends early (cut at about {share:.0%}: {covered:.1f} of {stated:.1f} s are there; "
+            "an interrupted copy or recording?)",
+        )
+
+
+def _iso_media_cut(path: Path) -> str | None:
+    """Why an MP4/MOV/3GP that FFmpeg cannot open is broken, from its top-level boxes; None if not one.
+
+    A camera or a copy writes the media data first and the index (`moov`) last; cut short, the
+    data box claims more bytes than the file has and the index is gone.
+    """
+    size = path.stat().st_size
+    with open(os.fsencode(path), "rb") as f:
+        if f.read(12)[4:8] != b"ftyp":
+            return None
+        position, boxes = 0, []
+        while position + 8 <= size:
+            f.seek(position)
+            header = f.read(16)
+            length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if length == 1 and len(header) == 16:
+                length = int.from_bytes(header[8:16], "big")
+            elif length == 0:
+                length = size - position
+            if length < 8:
+                break
+            boxes.append(kind)
+            if position + length > size:
+                return (
+                    f"file ends early (cut at about {size / (position + length):.0%}: its "
+                    f"{kind.decode('latin-1')} box needs {position + length} bytes, the file has {size}; "
+                    "an interrupted copy or recording?)"
+                )
+            position += length
+    if b"moov" not in boxes:
+        return "file is incomplete: its MP4 index (moov) is missing, as when a copy or recording was cut off"
+    return None

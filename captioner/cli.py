@@ -78,6 +78,9 @@ def run(
     wait_settled: bool = typer.Option(
         False, "--wait-settled", help="Wait for files still being written (modified in the last settle_seconds)."
     ),
+    settle_seconds: Optional[float] = typer.Option(
+        None, help="A file modified more recently than this may still be copying (default 60; 0 = never)."
+    ),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a tier profile field: FIELD=VALUE."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log engine and pipeline progress."),
 ) -> None:
@@ -97,7 +100,8 @@ def run(
     try:
         settings = _settings(
             model=model, adapter=adapter, tier=tier, frames=frames, prompt=prompt, sampling=sampling,
-            decode_timeout=decode_timeout, keyframe_tolerance=keyframe_tolerance, sets=sets,
+            decode_timeout=decode_timeout, keyframe_tolerance=keyframe_tolerance, settle_seconds=settle_seconds,
+            sets=sets,
         )  # fmt: skip
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))

@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Containers people record and export to, matched case-insensitively.
+# Containers people record and export to, matched case-insensitively: phones and cameras (MP4,
+# MOV, 3GP), camcorders (AVCHD .mts/.m2ts, MPEG-2 .mod/.tod, DV), broadcast (TS, MXF), DVD (VOB),
+# screen and browser recorders (WebM, MKV), and legacy desktop formats.
 VIDEO_EXTENSIONS = frozenset(
     {
-        ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts",
-        ".3gp", ".mpg", ".mpeg", ".flv", ".wmv",
+        ".mp4", ".m4v", ".mov", ".qt", ".3gp", ".3g2", ".mkv", ".webm", ".ogv", ".avi", ".divx",
+        ".ts", ".mts", ".m2ts", ".mxf", ".dv", ".mod", ".tod", ".vob", ".mpg", ".mpeg",
+        ".flv", ".f4v", ".wmv", ".asf",
     }
 )  # fmt: skip
 
@@ -148,4 +151,4 @@ def raw_name(path: Path | str) -> str | None:
 def record_path(record: dict[str, Any]) -> Path:
     """The file a record is about (inverse of `video_id` + `raw_name`)."""
     raw = record.get("video_raw")
-    return Path(os.fsdecode(base64.b64decode(raw))) if raw else Path(record["video"])
+    return Path(os.fsdecode(base64.b64decode(raw))) if isinstance(raw, str) and raw else Path(record["video"])

@@ -1072,7 +1072,7 @@ def _write_bad(folder: Path) -> list[FieldClip]:
             cut,
             "truncated_moov_end",
             "failed",
-            reason=r"truncated|damaged|not a readable video|moov",
+            reason=r"file ends early \(cut at about \d+%",
             codec="h264",
             notes="a 3 s H.264 MP4 with moov at the end, cut at 60 % of its bytes (an interrupted copy): "
             "no moov, so no demuxer can open it",
@@ -1092,7 +1092,7 @@ def _write_bad(folder: Path) -> list[FieldClip]:
             cut,
             "truncated_faststart",
             "failed",
-            reason=r"ends early|truncated",
+            reason=r"file ends early \(cut at about \d+%",
             codec="h264",
             notes="a 3 s faststart H.264 MP4 cut at 60 % of its bytes: opens, the header promises 30 frames, "
             "the data ends early",
@@ -1103,7 +1103,7 @@ def _write_bad(folder: Path) -> list[FieldClip]:
 
     empty = bad / "empty.mp4"
     empty.write_bytes(b"")
-    clips.append(FieldClip(empty, "empty", "failed", reason=r"empty", notes="0 bytes", container=""))
+    clips.append(FieldClip(empty, "empty", "failed", reason=r"file is empty \(0 bytes\)", notes="0 bytes", container=""))
 
     audio = bad / "audio_only.mp4"
     _audio_only(audio)
@@ -1112,7 +1112,7 @@ def _write_bad(folder: Path) -> list[FieldClip]:
             audio,
             "audio_only",
             "failed",
-            reason=r"no video stream",
+            reason=r"no video stream \(contains: audio\)",
             notes="an .m4a-like MP4 (AAC stereo 2 s) named .mp4: no video stream",
             container="mp4",
             audio="aac 2 s",

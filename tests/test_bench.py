@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,20 +16,32 @@ KEYS = [
     "videos_per_s", "output_tokens_per_s", "decode_only_videos_per_s", "engine_only_videos_per_s",
     "pipeline_efficiency", "prefix_cache_hit_ratio", "prefix_cache_speedup", "naive_videos_per_s",
     "speedup_vs_naive", "decode_resize_speedup", "rss_growth", "settings",
+    "decode_cpu_s_per_clip", "keyframe_decode_speedup", "frame_shift_max", "decode_cores_per_engine", "sets",
 ]
+TOLERANCE = 0.25  # the default keyframe tolerance, a share of a segment
 
 
-def test_bench_writes_every_figure(home, tmp_path):
-    clips = tmp_path / "clips"
-    write_clips(clips, 3, seconds=1, fps=10, width=320, height=180)  # own clips: taken as they are
-    out = tmp_path / "bench.json"
+@pytest.fixture(scope="module")
+def run(home, tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict[str, Any], Path]:
+    """One tiny bench for every test here: the printed output, the JSON and the clips folder."""
+    tmp = tmp_path_factory.mktemp("bench")
+    clips = tmp / "clips"
+    # Own clips (taken as they are): 4 s at 12 fps and 8 frames put every target on an odd frame,
+    # between two keyframes (one every 2 frames) and within the tolerance of both: the default
+    # decodes keyframes alone, exact frames need decord.
+    write_clips(clips, 3, seconds=4, fps=12, width=320, height=180, keyframe_interval=2)
+    out = tmp / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "captioner.cli", "bench", "--out", str(out), "--adapter", "demo", "--tier", "cpu",
          "--clips", "3", "--naive-clips", "1", "--memory-clips", "4", "--clips-dir", str(clips)],
         capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    bench = json.loads(out.read_text(encoding="utf-8"))
+    return result, json.loads(out.read_text(encoding="utf-8")), clips
+
+
+def test_bench_writes_every_figure(run):
+    result, bench, clips = run
     assert all(key in bench for key in KEYS), set(KEYS) - set(bench)
     assert [c["file"] for c in bench["detail"]["clips"]] == sorted(p.name for p in clips.glob("*.mp4"))
     # Internally consistent: the derived figures are what their definitions say.
@@ -41,9 +55,38 @@ def test_bench_writes_every_figure(home, tmp_path):
     assert first["cached_tokens"] == 3 * first["shareable_prefix_tokens_per_clip"] > 0
     assert bench["settings"]["profile"]["name"] == "cpu" and bench["settings"]["sampling"]["temperature"] == 0
     assert set(bench["targets"]["met"]) == {"pipeline_efficiency", "speedup_vs_naive", "prefix_cache_hit_ratio",
-                                            "rss_growth"}
+                                            "rss_growth", "keyframe_decode_speedup", "frame_shift_max",
+                                            "speedup_vs_naive_camera"}
     naive = bench["detail"]["naive"]
     assert bench["engine_speedup_vs_naive_generate"] == pytest.approx(
         bench["engine_only_videos_per_s"] * naive["generate_s"] / naive["videos"], rel=1e-2
     )
     assert "end to end" in result.stdout and "speedup vs naive" in result.stdout  # the printed table
+    assert "keyframe speedup, own footage" in result.stdout
+
+
+def test_bench_frame_stage_both_ways(run):
+    """Default tolerance and exact frames, per set and at the top level, consistent with each other."""
+    _, bench, _ = run
+    assert bench["settings"]["keyframe_tolerance"] == TOLERANCE
+    # Own footage is one set, the headline one.
+    assert bench["headline_set"] == "own" and set(bench["sets"]) == {"own"}
+    own = bench["sets"]["own"]
+    for key in ("decode_cpu_s_per_clip", "keyframe_decode_speedup", "frame_shift_max", "decode_cores_per_engine",
+                "decode_resize_speedup"):
+        assert bench[key] == own[key]
+    assert bench["decode_only_videos_per_s"] == own["decode_only_videos_per_s"]["default"] > 0
+    assert own["decode_only_videos_per_s"]["exact"] > 0
+    cpu = bench["decode_cpu_s_per_clip"]
+    assert cpu["default"] > 0 and cpu["exact"] > 0
+    assert bench["keyframe_decode_speedup"] == pytest.approx(cpu["exact"] / cpu["default"], rel=1e-2)
+    # Cores the frame stage needs to keep the engine busy: CPU s a clip x the engine's clips a second.
+    assert bench["decode_cores_per_engine"] == pytest.approx(cpu["default"] * bench["engine_only_videos_per_s"],
+                                                             rel=1e-2, abs=2e-4)
+    # Keyframes within the tolerance served every target; the exact frames lie between keyframes.
+    assert own["decoders"] == {"default": {"pyav-keyframes": 3}, "exact": {"decord": 3}}
+    per_clip = own["per_clip"]
+    assert 0 < bench["frame_shift_max"] == max(c["shift_max"] for c in per_clip) <= TOLERANCE
+    assert sum(c["cpu_s"]["default"] for c in per_clip) / 3 == pytest.approx(cpu["default"], abs=1e-3)
+    assert all(c["keyframe_interval_s"] == pytest.approx(2 / 12, abs=1e-3) for c in per_clip)
+    assert bench["targets"]["met"]["frame_shift_max"]

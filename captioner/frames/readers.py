@@ -170,8 +170,11 @@ def _finish(info: VideoInfo, pictures: dict, indices: list[int], rotation: int, 
 
 
 def _rotation(frame) -> int:
-    """Counter-clockwise degrees of the display matrix FFmpeg attached to a decoded frame."""
-    return int(round((frame.rotation or 0) / 90.0)) % 4 * 90
+    """Clockwise degrees a player turns this picture (ffprobe's `rotate`; an upright iPhone clip: 90).
+
+    FFmpeg (and PyAV's `VideoFrame.rotation`) state the display matrix counter-clockwise.
+    """
+    return int(round(-(frame.rotation or 0) / 90.0)) % 4 * 90
 
 
 def _rgb(frame, width: int, height: int) -> np.ndarray:
@@ -182,7 +185,7 @@ def _rgb(frame, width: int, height: int) -> np.ndarray:
 
 
 def _upright(frames: np.ndarray, rotation: int) -> np.ndarray:
-    """Turn stored pictures upright: `rotation` degrees counter-clockwise, as the display matrix says."""
+    """Turn stored pictures upright: `rotation` degrees clockwise, as a player does."""
     if rotation % 360 == 0:
         return frames
-    return np.ascontiguousarray(np.rot90(frames, k=rotation // 90, axes=(1, 2)))
+    return np.ascontiguousarray(np.rot90(frames, k=-(rotation // 90), axes=(1, 2)))

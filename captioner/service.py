@@ -314,6 +314,8 @@ def check_submission(folders: list[Path], out: Path, settings: Settings) -> tupl
     out_dir = _allowed(Path(out), roots, "output")
     if out_dir.exists() and not out_dir.is_dir():
         raise SubmitError(f"{out}: output is not a folder")
+    if video_id(out_dir) != str(out_dir):  # job state and task messages carry it as text
+        raise SubmitError(f"{video_id(out_dir)}: the output folder's name must be valid UTF-8")
     found = find_videos(checked, settings.settle_seconds)
     for problem in found.unreadable:
         raise SubmitError(f"unreadable folder {problem}")
@@ -389,7 +391,7 @@ def enqueue(
             "id": job_id,
             "state": "queued",
             "out": str(out_dir),
-            "folders": [str(f) for f in folders],
+            "folders": [video_id(f) for f in folders],
             "options": options.model_dump(exclude_none=True),
             "queue": settings.queue,
             "summary": summary,

@@ -38,7 +38,8 @@ from captioner.service import (
     status,
     submit,
 )
-from captioner.synth import write_clips
+from captioner.sources import video_id
+from captioner.synth import write_clip, write_clips
 from tests.compose import captioner_args, healthcheck_args, with_option
 
 CLI = [sys.executable, "-m", "captioner.cli"]
@@ -145,7 +146,7 @@ def one_record_each(out: Path, videos: list[Path]) -> dict[str, dict]:
     lines = (out / "captions.jsonl").read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines]  # a corrupt (interleaved) line fails here
     counts = Counter(r["video"] for r in records)
-    assert counts == Counter(str(v) for v in videos), counts
+    assert counts == Counter(video_id(v) for v in videos), counts
     return {r["video"]: r for r in records}
 
 
@@ -230,7 +231,14 @@ def beat(worker_env, tmp_path_factory):
 
 
 def clips(folder: Path, n: int) -> list[Path]:
-    return sorted(write_clips(folder, n, seconds=1, fps=10, width=128, height=72))
+    return [settled(clip) for clip in sorted(write_clips(folder, n, seconds=1, fps=10, width=128, height=72))]
+
+
+def settled(path: Path) -> Path:
+    """`path` as if copied in ten minutes ago: queued jobs leave files younger than settle_seconds."""
+    old = time.time() - 600
+    os.utime(path, (old, old))
+    return path
 
 
 # --------------------------------------------------------------------------- configuration
@@ -444,7 +452,11 @@ def test_engine_death_rebuilds_the_engine_and_retries_then_records_failed(
 def test_submit_wait_done_with_correct_records(workers, worker_env, store, root):
     folder = root / "first"
     good = clips(folder, 4)
+    # A Korean name from a Windows zip: CP949 bytes, not UTF-8, through the queue and Redis.
+    cp949 = Path(os.fsdecode(bytes(folder) + "/서울 야경.mp4".encode("cp949")))
+    good.append(settled(write_clip(cp949, "city", seconds=1, fps=10, width=128, height=72)))
     (folder / "empty.mp4").write_bytes(b"")
+    settled(folder / "empty.mp4")
     out = root / "first-out"
     result = subprocess.run([*CLI, "submit", str(folder), "--out", str(out), "--wait"],
                             env=worker_env, capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -452,23 +464,24 @@ def test_submit_wait_done_with_correct_records(workers, worker_env, store, root)
     job_id, _, rest = result.stdout.partition("\n")
     final = json.loads(rest)
     assert final["job"] == job_id and final["state"] == "done"
-    assert (final["videos"], final["ok"], final["failed"], final["skipped"], final["pending"]) == (5, 4, 1, 0, 0)
+    assert (final["videos"], final["ok"], final["failed"], final["skipped"], final["pending"]) == (6, 5, 1, 0, 0)
     assert final["chunks"] == final["chunks_done"] == 3 and final["timings"]["finished_at"]
     records = one_record_each(out, [*good, folder / "empty.mp4"])
+    assert records[video_id(cp949)]["video_raw"]  # the exact bytes of the name, reversible
     for video in good:
-        record = records[str(video)]
+        record = records[video_id(video)]
         assert record["status"] == "ok" and record["caption"].strip() and record["output_tokens"] >= 50
         assert record["adapter"] == "demo" and record["frames"] == 8 and record["sampling"] == "deterministic"
         assert record["prompt"]["name"] == "detailed-ko" and record["prompt"]["version"] == 1
     assert records[str(folder / "empty.mp4")]["error"] == "file is empty (0 bytes)"
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["job"], summary["ok"], summary["failed"]) == (job_id, 4, 1)
+    assert (summary["job"], summary["ok"], summary["failed"]) == (job_id, 5, 1)
     # Finished jobs expire (CAPTIONER_JOB_TTL=600 for these workers).
     assert 0 < store.redis.ttl(store.key(job_id)) <= 600
     assert all(0 < store.redis.ttl(key) <= 600 for key in store.keys(job_id) if store.redis.exists(key))
     # status from the command line
     shown = subprocess.run([*CLI, "status", job_id], env=worker_env, capture_output=True, text=True, timeout=60)
-    assert shown.returncode == 0 and json.loads(shown.stdout)["ok"] == 4
+    assert shown.returncode == 0 and json.loads(shown.stdout)["ok"] == 5
 
 
 def test_two_workers_share_one_job(workers, svc_settings, store, root):
@@ -632,8 +645,13 @@ def test_nightly_job_captions_only_new_videos_and_writes_a_dated_summary(workers
     dated = list(out.glob("nightly-*.json"))
     assert len(dated) == 1 and json.loads(dated[0].read_text())["ok"] == 3
     newcomer = write_clips(watched / "new", 1, seconds=1, fps=10, width=128, height=72)[0]
+    (watched / "._new.mp4").write_bytes(b"\x00\x05\x16\x07" + bytes(4092))  # macOS metadata, not a video
+    copying = night()  # the newcomer was written moments ago: it may still be copying
+    assert (copying["videos"], copying["ok"], copying["skipped"]) == (3, 0, 3)
+    assert (copying["settling"], copying["ignored"]) == (1, 1)
+    settled(newcomer)
     tomorrow = night()
-    assert (tomorrow["videos"], tomorrow["ok"], tomorrow["skipped"]) == (4, 1, 3)
+    assert (tomorrow["videos"], tomorrow["ok"], tomorrow["skipped"], tomorrow["settling"]) == (4, 1, 3, 0)
     assert json.loads(dated[0].read_text())["ok"] == 1  # same day: the dated summary is the latest run's
     one_record_each(out, [*first, newcomer])
 

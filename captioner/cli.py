@@ -352,12 +352,17 @@ def submit(
     frames: Optional[int] = typer.Option(None, help="Frames per clip (default: the worker's tier's)."),
     tier: Optional[str] = typer.Option(None, help="The workers' tier, which sizes the chunks."),
     chunk_size: Optional[int] = typer.Option(None, help="Videos per chunk (default: 2 x the tier's batch)."),
+    settle_seconds: Optional[float] = typer.Option(
+        None, help="Leave files modified more recently than this for a later job (default 60)."
+    ),
     wait: bool = typer.Option(False, "--wait", help="Wait until the job is finished and print its status."),
 ) -> None:
     """Queue VIDEO_DIRS for the workers and print the job id. Exit status with --wait: 0 done, 1 not."""
     from captioner.service import SubmitError, submit as submit_job, wait as wait_job
 
-    settings = _service_settings(prompt=prompt, sampling=sampling, frames=frames, tier=tier, chunk_size=chunk_size)
+    settings = _service_settings(
+        prompt=prompt, sampling=sampling, frames=frames, tier=tier, chunk_size=chunk_size, settle_seconds=settle_seconds
+    )
     try:
         job_id = submit_job(video_dirs, out, settings)
     except SubmitError as exc:

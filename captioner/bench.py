@@ -453,7 +453,7 @@ def run_bench(
     sets = bench_clips(folder, clips)
     headline = next(iter(sets))  # camera-style, or own footage
 
-    stages = {}
+    stages: dict[str, FrameStage] = {}
     for name, paths in sets.items():
         log(f"frame stage, {_LABELS[name]}: tolerance {plan.frame_spec.tolerance:g} and exact frames"
             + (", then full size + resize" if name == headline else ""))
@@ -643,18 +643,23 @@ def _why_keyframes_slow(result: dict[str, Any]) -> str:
     """How many clips keyframes served wholly, and why the others needed frames between keyframes."""
     clips = result["sets"][result["headline_set"]]["per_clip"]
     served = [c for c in clips if c["decoder"]["default"] == "pyav-keyframes"]
-    frames, tolerance = result["settings"]["frames"], result["settings"]["keyframe_tolerance"]
+    others = [c for c in clips if c not in served]
+    cpu = lambda group, way: sum(c["cpu_s"][way] for c in group)  # noqa: E731
     text = f"{len(served)} of {len(clips)} clips were served by keyframes alone"
     if served:
-        ratio = sum(c["cpu_s"]["exact"] for c in served) / sum(c["cpu_s"]["default"] for c in served)
-        text += f" ({ratio:.1f}x less CPU than exact frames on those)"
-    others = [c for c in clips if c not in served]
+        text += f" ({cpu(served, 'exact') / cpu(served, 'default'):.1f}x less CPU than exact frames on those"
+        if aligned := sum(c["decoder"]["exact"] == "pyav-keyframes" for c in served):
+            text += f"; on {aligned} of them the exact frames are keyframes too"
+        text += ")"
     if others:
+        share = cpu(others, "default") / cpu(clips, "default")
+        frames, tolerance = result["settings"]["frames"], result["settings"]["keyframe_tolerance"]
         # A target finds a keyframe within tolerance x segment; keyframes lie interval apart.
         reach = [f"{c['file']}: +/-{tolerance * c['seconds'] / frames:.2f} s of each target, "
                  + (f"keyframes {c['keyframe_interval_s']} s apart" if c["keyframe_interval_s"] else "one keyframe")
                  for c in others[:3]]
-        text += "; the others need frames between keyframes (" + "; ".join(reach) + ")"
+        text += (f"; the other {len(others)} need frames between keyframes and take {share:.0%} of the CPU ("
+                 + "; ".join(reach) + ")")
     return text
 
 
@@ -703,7 +708,7 @@ def _frame_rows(label: str, figures: dict[str, Any], cpus: int | None, marks: st
     return [
         (f"decode CPU, {label}", f"{cpu['default']} s a clip (exact frames: {cpu['exact']} s); "
          f"{rate['default']} videos/s (exact: {rate['exact']})"),
-        (f"keyframe speedup, {label}", f"{figures['keyframe_decode_speedup']}x less CPU, frames at most "
-         f"{figures['frame_shift_max']} of a segment off ({decoders})" + marks),
+        (f"keyframe speedup, {label}", f"{figures['keyframe_decode_speedup']}x (exact / default CPU), frames at "
+         f"most {figures['frame_shift_max']} of a segment off; decoders: {decoders}" + marks),
         (f"decode cores per engine, {label}", f"{figures['decode_cores_per_engine']} (this host: {cpus})"),
     ]

@@ -161,7 +161,9 @@ def frames_(
     frames: Optional[int] = typer.Option(None, help="Frames per clip (default: the tier's)."),
     model: Optional[str] = typer.Option(None, help="Model whose input size the frames take; 'demo' = built-in."),
     tier: Optional[str] = typer.Option(None, help="auto|cpu|t4|l4|a100|h100 (sets the default frames)."),
-    keyframe_tolerance: Optional[float] = typer.Option(None, help="Keyframe tolerance (share of a segment); 0 = exact."),
+    keyframe_tolerance: Optional[float] = typer.Option(
+        None, help="Keyframe tolerance (share of a segment); 0 = exact."
+    ),
     decode_timeout: Optional[float] = typer.Option(None, help="Seconds before a clip's decoder is killed."),
 ) -> None:
     """Write the frames the model would see of each video, with how they were taken (frames.json).

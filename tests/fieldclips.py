@@ -1103,7 +1103,9 @@ def _write_bad(folder: Path) -> list[FieldClip]:
 
     empty = bad / "empty.mp4"
     empty.write_bytes(b"")
-    clips.append(FieldClip(empty, "empty", "failed", reason=r"file is empty \(0 bytes\)", notes="0 bytes", container=""))
+    clips.append(
+        FieldClip(empty, "empty", "failed", reason=r"file is empty \(0 bytes\)", notes="0 bytes", container="")
+    )
 
     audio = bad / "audio_only.mp4"
     _audio_only(audio)

@@ -21,7 +21,7 @@ def clip(tmp_path_factory) -> Path:
 def test_choice_is_time_uniform_distinct_and_exactly_n():
     times = np.arange(100) / 10.0
     none = np.zeros(100, dtype=bool)
-    exact = choose_frames(times, none, 4, 0.25, 0.1)
+    exact = choose_frames(times, none, 4, 0.0, 0.1)
     assert exact.indices == [12, 37, 62, 87]  # nearest the centres of 4 segments of 10 s (ties: the earlier)
     assert exact.shift_max <= 0.05 / exact.segment_s + 1e-9
     short = choose_frames(np.arange(3) / 10.0, np.array([True, False, False]), 8, 0.25, 0.1)
@@ -46,6 +46,17 @@ def test_keyframes_serve_targets_only_within_the_tolerance():
     pick = choose_frames(times, one_key, 8, 0.25, 1 / 30)
     assert len(set(pick.indices)) == 8 and pick.shift_max <= 0.25  # never the same picture 8 times
     assert choose_frames(times, camera, 8, 0.0, 1 / 30).indices == choose_frames(times, one_key, 8, 0.0, 1 / 30).indices
+
+
+def test_without_a_keyframe_in_reach_the_cheapest_frame_in_reach_is_taken():
+    times = np.arange(240) / 30.0  # 8 s, a keyframe every second: every target lies half-way between two
+    keys = np.zeros(240, dtype=bool)
+    keys[::30] = True
+    pick = choose_frames(times, keys, 8, 0.25, 1 / 30)
+    exact = choose_frames(times, keys, 8, 0.0, 1 / 30)
+    assert [i % 30 for i in exact.indices] == [15] * 8  # exact: 15 frames to decode after each keyframe
+    assert [i % 30 for i in pick.indices] == [8] * 8  # the earliest frame within a quarter second: 8
+    assert 0.2 < pick.shift_max <= 0.25
 
 
 def test_decode_size_keeps_aspect_and_scales_short_side():

@@ -15,11 +15,11 @@ from tests.badfiles import write_bad_files
 
 BAD_REASONS = {
     "empty.mp4": "file is empty (0 bytes)",
-    "notes.mp4": "not a readable video file",
-    "truncated.mp4": "not a readable video file",
-    "truncated_faststart.mkv": "truncated or damaged",
-    "audio_only.mp4": "no video stream",
-    "dangling.webm": "does not exist",
+    "notes.mp4": "not a video file, or a damaged one",
+    "truncated.mp4": "file ends early (cut at about",
+    "truncated_faststart.mkv": "file ends early (cut at about",
+    "audio_only.mp4": "no video stream (contains: audio)",
+    "dangling.webm": "file does not exist (broken symlink)",
 }
 
 

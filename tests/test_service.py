@@ -525,6 +525,7 @@ def test_workers_serve_prometheus_metrics(workers, worker_env, svc_settings, sto
     folder = root / "metrics"
     good = clips(folder, 3)
     (folder / "broken.mp4").write_bytes(b"not a video at all")
+    settled(folder / "broken.mp4")
     out = root / "metrics-out"
     assert len(control.cancel_consumer(svc_settings.queue, destination=names, reply=True, timeout=10)) == 2
     try:

@@ -27,9 +27,9 @@ import pandas as pd
 
 from captioner.evaluation import scores
 from captioner.evaluation.morphemes import Tokens, get_tokenizer, normalize_text
-from captioner.sources import record_path, video_id
 from captioner.evaluation.references import InputError, ReferenceSet, load_references, name_stem
 from captioner.outputs import json_objects
+from captioner.sources import record_path, video_id
 
 OPENING_WORDS = 2
 BOOTSTRAP_RESAMPLES = 1000

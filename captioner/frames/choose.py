@@ -1,10 +1,13 @@
 """Which frames to decode, and at what size: pure functions of the probed timeline.
 
 Targets are uniform in *time* (the centres of N equal segments of the presented clip), so a
-variable-frame-rate clip is sampled where its time goes, not where its frames bunch up. A target
-is served by its nearest keyframe when that keyframe lies within `tolerance` of a segment of
-it: a keyframe decodes on its own, any other frame needs the frames before it since the last
-keyframe (on camera footage 3-4x the CPU for the same 8 frames). Tolerance 0 decodes exactly.
+variable-frame-rate clip is sampled where its time goes, not where its frames bunch up.
+
+A keyframe decodes on its own; any other frame needs every frame since the last keyframe. So
+each target is served by the cheapest frame within `tolerance` (a share of a segment) of it: its
+nearest keyframe when one lies that close, else the frame in reach that follows its keyframe
+most closely (never further than the tolerance from the target). Tolerance 0 decodes exactly the
+frame nearest each target.
 """
 
 from __future__ import annotations
@@ -49,14 +52,16 @@ def choose_frames(times: np.ndarray, keyframe: np.ndarray, n: int, tolerance: fl
     before = np.clip(after - 1, 0, count - 1)
     exact = np.where(np.abs(times[before] - targets) <= np.abs(times[after] - targets), before, after)
     chosen = exact.copy()
-    keys = np.flatnonzero(keyframe)
-    if tolerance > 0 and len(keys):
-        key_times = times[keys]
+    if tolerance > 0:
+        # What decoding a frame costs: the frames since its keyframe (presentation order is close
+        # enough to decode order for this).
+        cost = np.arange(count) - np.maximum.accumulate(np.where(keyframe, np.arange(count), 0))
+        reach = tolerance * segment
         for i, target in enumerate(targets):
-            j = int(np.searchsorted(key_times, target))
-            near = min(keys[max(0, j - 1) : j + 1], key=lambda k: abs(times[k] - target))
-            if abs(times[near] - target) <= tolerance * segment:
-                chosen[i] = near
+            lo = int(np.searchsorted(times, target - reach - 1e-9))
+            hi = int(np.searchsorted(times, target + reach + 1e-9, side="right"))
+            if hi > lo:  # cheapest first, then nearest the target
+                chosen[i] = min(range(lo, hi), key=lambda k: (cost[k], abs(times[k] - target)))
     if count >= n:
         chosen = _distinct(chosen, exact, count)
     indices = [int(i) for i in chosen]
@@ -64,7 +69,7 @@ def choose_frames(times: np.ndarray, keyframe: np.ndarray, n: int, tolerance: fl
 
 
 def _distinct(chosen: np.ndarray, exact: np.ndarray, count: int) -> np.ndarray:
-    """Strictly increasing indices: a keyframe shared by two targets serves the first; later ones go exact."""
+    """Strictly increasing indices: a frame shared by two targets serves the first; later ones go exact."""
     n = len(chosen)
     out = chosen.copy()
     for i in range(1, n):

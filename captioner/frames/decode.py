@@ -83,31 +83,49 @@ def decode_clip(path: Path, spec: FrameSpec) -> ClipFrames:
 
 
 def _decode(path: Path, info: VideoInfo, indices: list[int], short_side: int | None, notes: list[str]) -> Decoded:
-    """The cheapest reader for the chosen frames; PyAV where it fails (the note says why).
+    """The cheapest readers for the chosen frames; PyAV for all of them where one fails (the note says why).
 
-    Keyframes alone: one packet each (`read_keyframes`). Otherwise decord, the primary decoder,
-    where it returns the right frames; PyAV where it is known not to (`_decord_unsafe`).
+    Keyframes: each from its own packet (`read_keyframes`). The other frames: decord, the primary
+    decoder, where it returns the right frames, else PyAV (`_decord_unsafe`).
     """
-    if all(info.keyframe[i] for i in indices):
-        first = read_keyframes
-    elif unsafe := _decord_unsafe(info):
-        first = None
+    wanted = sorted(set(indices))
+    keys = [i for i in wanted if info.keyframe[i]]
+    rest = [i for i in wanted if not info.keyframe[i]]
+    unsafe = _decord_unsafe(info) if rest else None
+    if unsafe:
         notes.append(f"decoded with PyAV: {unsafe}")
     else:
-        first = read_decord
-    if first is not None:
         try:
-            return first(path, info, indices, short_side)
+            return _keyframes_then_decord(path, info, indices, keys, rest, short_side)
         except Exception as exc:  # noqa: BLE001 - decord raises DECORDError/RuntimeError with C++ traces
             reason = exc.reason if isinstance(exc, FrameError) else explain(str(exc)) or type(exc).__name__
-        if first is read_decord:
-            notes.append(f"codec {info.codec}: decoded with PyAV (decord: {reason})")
+            if rest:  # a keyframe read that misses (a container without an index) is no news
+                notes.append(f"codec {info.codec}: decoded with PyAV (decord: {reason})")
     try:
         return read_pyav(path, info, indices, short_side)
     except FrameError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever FFmpeg says, the record needs the reason
         raise FrameError(path, explain(str(exc))) from None
+
+
+def _keyframes_then_decord(
+    path: Path, info: VideoInfo, indices: list[int], keys: list[int], rest: list[int], short_side: int | None
+) -> Decoded:
+    """Keyframes from their own packets, the other frames through decord, in the order of `indices`."""
+    pictures: dict[int, np.ndarray] = {}
+    rotation, decoders = None, []
+    if keys:
+        decoded = read_keyframes(path, info, keys, short_side)
+        pictures.update(zip(keys, decoded.frames))
+        rotation = decoded.rotation
+        decoders.append(decoded.decoder)
+    if rest:
+        decoded = read_decord(path, info, rest, short_side, rotation)  # the rotation found saves a decode
+        pictures.update(zip(rest, decoded.frames))
+        rotation = decoded.rotation
+        decoders.append(decoded.decoder)
+    return Decoded(np.stack([pictures[i] for i in indices]), rotation or 0, "+".join(decoders))
 
 
 # Containers whose frames decord 0.6 finds by timestamp correctly (MP4/MOV, Matroska/WebM). In
@@ -127,6 +145,8 @@ def _decord_unsafe(info: VideoInfo) -> str | None:
     return None
 
 
-def sample_frames(path: Path | str, num_frames: int, short_side: int | None = None, tolerance: float = 0.0) -> np.ndarray:
+def sample_frames(
+    path: Path | str, num_frames: int, short_side: int | None = None, tolerance: float = 0.0
+) -> np.ndarray:
     """`num_frames` upright RGB frames of `path` as a (N, H, W, 3) uint8 array (exact frames by default)."""
     return decode_clip(Path(path), FrameSpec(num_frames, short_side, tolerance)).frames

@@ -20,7 +20,10 @@ class FrameError(Exception):
 
 # FFmpeg's and decord's own words, and what they mean for a file someone copied off a camera.
 _EXPLAINED = [
-    (r"moov atom not found", "file is incomplete: its MP4 index (moov) is missing, as when a copy or recording was cut off"),
+    (
+        r"moov atom not found",
+        "file is incomplete: its MP4 index (moov) is missing, as when a copy or recording was cut off",
+    ),
     (r"1094995529|Invalid data found", "not a video file, or a damaged one: FFmpeg finds no data it can read"),
     (r"End of file|-541478725", "file ends early"),
     (r"wanted index: -1|cannot find video stream", "no video stream decord can decode"),

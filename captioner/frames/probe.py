@@ -136,7 +136,6 @@ _STILL_FORMATS = ("image2", "_pipe", "gif", "apng")
 
 
 def _probe(path: Path, container) -> VideoInfo:
-    import av
 
     if any(part in container.format.name for part in _STILL_FORMATS):
         raise FrameError(path, f"a still image ({container.format.name.replace('_pipe', '')}), not a video")
@@ -151,51 +150,24 @@ def _probe(path: Path, container) -> VideoInfo:
         raise FrameError(path, "video stream has no frame size (damaged header?)")
     time_base = stream.time_base or Fraction(1, 90000)
 
-    pts: list[int] = []
-    keys: list[bool] = []
-    hidden = 0
-    open_gop = False  # a keyframe followed (in decode order) by frames shown before it
-    after_key: int | None = None
-    stream_end: dict[int, float] = {}  # per stream: the latest end time of its packets, in seconds
-    demux_error = None
-    try:
-        for packet in container.demux():
-            stamp = packet.pts if packet.pts is not None else packet.dts
-            if stamp is None or packet.size == 0:
-                continue
-            if packet.time_base is not None:
-                end = float((stamp + (packet.duration or 0)) * packet.time_base)
-                stream_end[packet.stream.index] = max(stream_end.get(packet.stream.index, end), end)
-            if packet.stream.index != stream.index:
-                continue
-            if packet.is_discard:  # decoded for what follows, never shown: an edit list's lead-in
-                hidden += 1
-                continue
-            if after_key is not None and stamp < after_key:
-                open_gop = True
-            after_key = stamp if packet.is_keyframe and pts else None
-            pts.append(stamp)
-            keys.append(bool(packet.is_keyframe))
-    except (av.error.FFmpegError, EOFError) as exc:
-        demux_error = explain(str(exc))
-    if not pts:
-        raise FrameError(path, f"video stream has no frames ({demux_error})" if demux_error else "video stream has no frames")
-
-    order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
-    pts_sorted = np.asarray(pts, dtype=np.int64)[order]
+    scan = _scan(container, stream)
+    if not scan.pts:
+        raise FrameError(path, "video stream has no frames" + (f" ({scan.error})" if scan.error else ""))
+    order = np.argsort(np.asarray(scan.pts, dtype=np.int64), kind="stable")
+    pts_sorted = np.asarray(scan.pts, dtype=np.int64)[order]
     keep = np.concatenate([[True], np.diff(pts_sorted) > 0])  # a repeated timestamp is one picture
-    pts_sorted, keyframe = pts_sorted[keep], np.asarray(keys, dtype=bool)[order][keep]
+    pts_sorted, keyframe = pts_sorted[keep], np.asarray(scan.keys, dtype=bool)[order][keep]
     seconds = pts_sorted.astype(np.float64) * float(time_base)
     times = seconds - seconds[0]
 
-    _check_complete(path, container, stream_end, demux_error)
+    _check_complete(path, container, scan.stream_end, scan.error)
 
     sar = stream.sample_aspect_ratio or ctx.sample_aspect_ratio or Fraction(1, 1)
     sar = Fraction(sar) if sar and sar > 0 else Fraction(1, 1)
     notes = []
-    if hidden:
-        notes.append(f"edit list: {hidden} lead-in frames not shown")
-    if seconds[0] >= 1.0:
+    if scan.hidden:
+        notes.append(f"edit list: {scan.hidden} lead-in frames not shown")
+    if seconds[0] >= 10.0:  # a camera's timecode; MPEG-TS always starts a little after 0
         notes.append(f"stream starts at {seconds[0]:.3f} s")
     return VideoInfo(
         codec=getattr(ctx.codec, "canonical_name", None) or ctx.name,  # "av1", not the decoder "libdav1d"
@@ -209,11 +181,53 @@ def _probe(path: Path, container) -> VideoInfo:
         keyframe=keyframe,
         time_base=Fraction(time_base),
         start_s=float(seconds[0]),
-        hidden=hidden,
-        open_gop=open_gop,
+        hidden=scan.hidden,
+        open_gop=scan.open_gop,
         container=container.format.name,
         notes=tuple(notes),
     )
+
+
+@dataclass
+class _Scan:
+    """What one pass over the packets found."""
+
+    pts: list[int] = field(default_factory=list)  # presented video frames, decode order
+    keys: list[bool] = field(default_factory=list)
+    hidden: int = 0  # video frames flagged discard: an edit list's lead-in
+    open_gop: bool = False  # a keyframe followed (in decode order) by frames shown before it
+    stream_end: dict[int, float] = field(default_factory=dict)  # per stream: where its packets end, s
+    error: str | None = None  # why the demuxer stopped early, if it did
+
+
+def _scan(container, stream) -> _Scan:
+    """Every packet of every stream, none decoded: the video timeline and how far each stream goes."""
+    import av
+
+    scan = _Scan()
+    after_key: int | None = None
+    try:
+        for packet in container.demux():
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if stamp is None or packet.size == 0:
+                continue
+            if packet.time_base is not None:
+                end = float((stamp + (packet.duration or 0)) * packet.time_base)
+                index = packet.stream.index
+                scan.stream_end[index] = max(scan.stream_end.get(index, end), end)
+            if packet.stream.index != stream.index:
+                continue
+            if packet.is_discard:  # decoded for what follows, never shown
+                scan.hidden += 1
+                continue
+            if after_key is not None and stamp < after_key:
+                scan.open_gop = True
+            after_key = stamp if packet.is_keyframe and scan.pts else None
+            scan.pts.append(stamp)
+            scan.keys.append(bool(packet.is_keyframe))
+    except (av.error.FFmpegError, EOFError) as exc:
+        scan.error = explain(str(exc))
+    return scan
 
 
 def _check_complete(path: Path, container, stream_end: dict[int, float], demux_error: str | None) -> None:

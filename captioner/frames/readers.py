@@ -46,17 +46,19 @@ def read_keyframes(path: Path, info: VideoInfo, indices: list[int], short_side: 
     return _finish(info, pictures, indices, rotation, short_side, "pyav-keyframes")
 
 
-def read_decord(path: Path, info: VideoInfo, indices: list[int], short_side: int | None) -> Decoded:
+def read_decord(
+    path: Path, info: VideoInfo, indices: list[int], short_side: int | None, rotation: int | None = None
+) -> Decoded:
     """Frames `indices` through decord, scaled in its decoder (no full-size copy).
 
     decord's FFmpeg turns a rotated picture upright itself and then scales to exactly the size it
     is given, so it gets the display size: that also corrects non-square pixels. Which way the
-    picture is turned is read with PyAV from the first keyframe.
+    picture is turned is `rotation`, if known, else read with PyAV from the first keyframe.
     """
     import decord
 
-    rotation = 0
-    if info.may_rotate:
+    if rotation is None:
+        rotation = 0
         with _open_video(path) as (container, stream):
             first_key = int(np.flatnonzero(info.keyframe)[0]) if info.keyframe.any() else 0
             rotation = _rotation(_decode_keyframe(container, stream, int(info.pts[first_key])))

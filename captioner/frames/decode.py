@@ -97,16 +97,20 @@ def _decode(path: Path, info: VideoInfo, indices: list[int], short_side: int | N
     else:
         try:
             return _keyframes_then_decord(path, info, indices, keys, rest, short_side)
-        except Exception as exc:  # noqa: BLE001 - decord raises DECORDError/RuntimeError with C++ traces
-            reason = exc.reason if isinstance(exc, FrameError) else explain(str(exc)) or type(exc).__name__
-            if rest:  # a keyframe read that misses (a container without an index) is no news
-                notes.append(f"codec {info.codec}: decoded with PyAV (decord: {reason})")
+        except _DecordFailed as exc:
+            notes.append(f"codec {info.codec}: decoded with PyAV (decord: {exc})")
+        except Exception:  # noqa: BLE001 - a keyframe seek that misses (no index): PyAV reads it through
+            pass
     try:
         return read_pyav(path, info, indices, short_side)
     except FrameError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever FFmpeg says, the record needs the reason
         raise FrameError(path, explain(str(exc))) from None
+
+
+class _DecordFailed(Exception):
+    """decord could not open, index or decode the clip; the message says why in plain words."""
 
 
 def _keyframes_then_decord(
@@ -121,7 +125,10 @@ def _keyframes_then_decord(
         rotation = decoded.rotation
         decoders.append(decoded.decoder)
     if rest:
-        decoded = read_decord(path, info, rest, short_side, rotation)  # the rotation found saves a decode
+        try:
+            decoded = read_decord(path, info, rest, short_side, rotation)  # the rotation found saves a decode
+        except Exception as exc:  # noqa: BLE001 - decord raises DECORDError/RuntimeError with C++ traces
+            raise _DecordFailed(exc.reason if isinstance(exc, FrameError) else explain(str(exc))) from None
         pictures.update(zip(rest, decoded.frames))
         rotation = decoded.rotation
         decoders.append(decoded.decoder)

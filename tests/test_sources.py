@@ -81,3 +81,15 @@ def test_any_file_name_has_a_text_form_and_its_exact_bytes(tmp_path):
 def test_a_missing_folder_is_named(tmp_path):
     with pytest.raises(SourceError, match="missing: folder does not exist"):
         find_videos([tmp_path / "missing"])
+
+
+def test_run_can_wait_for_files_still_being_written(tmp_path):
+    from captioner.pipeline import discover, wait_until_settled
+
+    old = touch(tmp_path / "old.mp4")
+    fresh = touch(tmp_path / "fresh.mp4", age_s=0)
+    found = discover([tmp_path], settle_seconds=1.0)
+    assert (found.videos, found.settling) == ([old], [fresh])
+    wait_until_settled(found, 1.0, poll_s=0.1)
+    assert (found.videos, found.settling) == ([fresh, old], [])
+    assert time.time() - fresh.stat().st_mtime >= 1.0  # released only once it had stopped changing

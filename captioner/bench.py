@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from captioner.frames import ClipFrames, FrameDecoder, FrameSpec, decode_clip
-from captioner.pipeline import Plan, RunStats, caption_videos, load_engine, make_plan
+from captioner.pipeline import Plan, RunStats, caption_videos, engine_concurrency, load_engine, make_plan
 from captioner.synth import SCENES, write_clip
 
 # Targets of the benchmark (issue 6, then issue 11 for the keyframe figures); the JSON says which
@@ -397,6 +397,7 @@ class EngineRuns:
     rss_final: int
     rss_peak: int
     rss_children_peak: int
+    concurrency: dict[str, Any]  # computed vs vLLM-reported clips in flight (`pipeline.engine_concurrency`)
 
 
 def _engine_runs(plan: Plan, frames: list[np.ndarray], paths: list[Path], memory_clips: int,
@@ -407,6 +408,7 @@ def _engine_runs(plan: Plan, frames: list[np.ndarray], paths: list[Path], memory
     log("loading engine")
     rss_start = psutil.Process().memory_info().rss
     engine = load_engine(plan)
+    concurrency = engine_concurrency(engine, plan)
     log("engine only")
     engine_on = _engine_only(engine, plan, frames, prefix_caching=True)
 
@@ -429,7 +431,7 @@ def _engine_runs(plan: Plan, frames: list[np.ndarray], paths: list[Path], memory
         long = _end_to_end(plan, engine, long_paths, Path(tmp))
         long_s = time.perf_counter() - started
     return EngineRuns(engine_on, first, first_s, shareable, long, long_s, memory_clips, rss_start, rss_warm,
-                      sampler.rss(), sampler.peak, sampler.peak_children)
+                      sampler.rss(), sampler.peak, sampler.peak_children, concurrency)
 
 
 def _rate(videos: int, seconds: float) -> float:
@@ -504,6 +506,12 @@ def _result(plan: Plan, stages: dict[str, FrameStage], headline: str, engine_off
         "frame_shift_max": head["frame_shift_max"],
         "decode_cores_per_engine": head["decode_cores_per_engine"],
         "rss_growth": round(runs.rss_final / runs.rss_warm, 4),
+        # Clips in flight: computed from memory, vLLM's figure, and the batches of the long end-to-end run.
+        "concurrency": {
+            **runs.concurrency,
+            "batch_max": runs.long.batch_max,
+            "batch_mean": round(runs.long.batch_clips / runs.long.batches, 2) if runs.long.batches else None,
+        },
         "headline_set": headline,
         "sets": sets,
         "memory": _memory(runs),
@@ -694,6 +702,10 @@ def table(result: dict[str, Any]) -> list[tuple[str, str]]:
     for name, figures in result["sets"].items():
         rows += _frame_rows(_LABELS.get(name, name), figures, result["host"]["cpus"],
                             mark("keyframe_decode_speedup", "frame_shift_max") if name == head else "")
+    flight = result["concurrency"]
+    rows.append(("clips in flight", f"KV cache holds {flight['computed_clips_fit']} computed, "
+                 f"{flight['vllm_clips_fit']} by vLLM; max_num_seqs {flight['max_num_seqs']}, "
+                 f"batches up to {flight['batch_max']}"))  # fmt: skip
     rows.append(
         ("memory", f"RSS {result['memory']['rss_after_warmup_mb']} -> {result['memory']['rss_final_mb']} MB "
          f"over {result['memory']['clips']} clips (growth {result['rss_growth']})" + mark("rss_growth"))

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     adapter: str | None = Field(
         None, description="LoRA adapter folder; 'demo' = the demo adapter; 'none' = no adapter (e.g. merged by quantize)."
     )
-    tier: Literal["auto", "cpu", "t4", "l4", "a100", "h100"] = "auto"
+    tier: Literal["auto", "cpu", "t4", "l4", "a100-40", "a100-80", "h100"] = "auto"
     frames: int | None = Field(None, gt=0, description="Frames per clip; default from the tier.")
     prompt: str = Field("detailed-ko", description="Prompt name, or name@version.")
     prompts_dir: Path = DEFAULT_PROMPTS_DIR
@@ -133,6 +133,15 @@ class Settings(BaseSettings):
     def _split_paths(cls, value: Any) -> Any:
         if isinstance(value, str):  # from the environment: "/a:/b"
             return [part for part in value.split(":") if part.strip()]
+        return value
+
+    @field_validator("tier", mode="before")
+    @classmethod
+    def _renamed_tier(cls, value: Any) -> Any:
+        from captioner.tiers import RENAMED_TIERS
+
+        if value in RENAMED_TIERS:
+            raise ValueError(f"tier {value!r} is now {RENAMED_TIERS[value]}")
         return value
 
     @field_validator("adapter", mode="before")

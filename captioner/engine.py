@@ -19,6 +19,7 @@ import numpy as np
 from captioner import compat
 from captioner.config import Sampling
 from captioner.prompts import RenderedPrompt
+from captioner.sizing import EngineKV
 from captioner.tiers import TierProfile
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,31 @@ def _lora_rank(adapter: Path) -> int:
     return fitting[0]
 
 
+def kv_capacity(llm: Any) -> EngineKV | None:
+    """vLLM's own KV cache figures once its engine is built; None when it does not report them.
+
+    vLLM (0.32) stores what it logs as "KV cache size: N tokens" and "Maximum concurrency for L tokens
+    per request: Cx" on the engine's cache config (`kv_cache_size_tokens`, `kv_cache_max_concurrency`,
+    with `num_gpu_blocks` of `block_size` tokens), in the front end's copy too when the engine core
+    runs in its own process.
+    """
+    try:
+        config = llm.llm_engine.vllm_config
+        cache = config.cache_config
+        figures = (cache.kv_cache_size_tokens, cache.kv_cache_max_concurrency, cache.num_gpu_blocks)
+    except AttributeError:
+        return None
+    if any(value is None for value in figures):
+        return None
+    return EngineKV(
+        kv_tokens=int(cache.kv_cache_size_tokens),
+        max_concurrency=float(cache.kv_cache_max_concurrency),
+        max_model_len=int(config.model_config.max_model_len),
+        num_blocks=int(cache.num_gpu_blocks),
+        block_size=int(cache.block_size),
+    )
+
+
 def engine_dead(exc: BaseException) -> bool:
     """True for vLLM's EngineDeadError: the engine must be rebuilt, retrying on it is useless."""
     # Without importing vLLM: if it was never imported, this cannot be its EngineDeadError.
@@ -93,6 +119,8 @@ class CaptionEngine:
         enable_prefix_caching: bool = True,
     ) -> None:
         compat.apply()  # before vllm is imported: see compat.py
+        if profile.max_num_seqs is None:
+            raise EngineError(f"the {profile.name} profile has no max_num_seqs yet: build the engine from a plan")
         if profile.device == "cpu" and profile.quantization == "awq":
             _check_cpu_awq_kernel(model)
         from vllm import LLM
@@ -128,6 +156,7 @@ class CaptionEngine:
         self.llm = LLM(**kwargs)
         self.load_s = time.perf_counter() - started
         self._lora = LoRARequest("caption", 1, str(adapter)) if adapter is not None else None
+        self.kv = kv_capacity(self.llm)
         log.info("engine loaded in %.1f s (model %s, tier %s, adapter %s)", self.load_s, model, profile.name, adapter)
 
     def reset_prefix_cache(self) -> None:

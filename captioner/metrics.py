@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 # for 1080p at camera bitrates, up to the decoder's timeout for clips that hang.
 DECODE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 CHUNK_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600)
+# Clips per generate() call: from a lone clip to the GPU tiers' ceiling (max_clips 64) and beyond.
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
 
 
 class QueueDepth(Collector):
@@ -93,6 +95,22 @@ class WorkerMetrics:
         self.engine_load_seconds = Gauge(
             "captioner_engine_load_seconds", "Seconds the last engine took to load.", registry=r
         )
+        self.kv_cache_tokens = Gauge(
+            "captioner_kv_cache_tokens", "KV cache of the loaded engine in tokens: computed from memory, or "
+            "reported by vLLM.", ["source"], registry=r,
+        )  # fmt: skip
+        self.clips_fit = Gauge(
+            "captioner_clips_fit", "Clips of the worker's frames the KV cache holds at once: computed, or from "
+            "vLLM's figure.", ["source"], registry=r,
+        )  # fmt: skip
+        self.max_num_seqs = Gauge("captioner_max_num_seqs", "Sequences the loaded engine runs at once.", registry=r)
+        self.batch_size = Gauge(
+            "captioner_batch_size", "Clips the worker's own plan hands to one generate() call.", registry=r
+        )
+        self.batch_clips = Histogram(
+            "captioner_batch_clips", "Clips actually handed to one generate() call.", buckets=BATCH_BUCKETS,
+            registry=r,
+        )  # fmt: skip
         if broker is not None:
             r.register(QueueDepth(broker, queue))
         self._server: Any = None
@@ -126,6 +144,19 @@ class WorkerMetrics:
         """Count one engine build."""
         self.engine_loads.inc()
         self.engine_load_seconds.set(seconds)
+
+    def engine_sized(self, concurrency: dict[str, Any]) -> None:
+        """Set the concurrency gauges from a `sizing.concurrency` record of the loaded engine."""
+        for source in ("computed", "vllm"):
+            for gauge, key in ((self.kv_cache_tokens, f"{source}_kv_tokens"), (self.clips_fit, f"{source}_clips_fit")):
+                if concurrency.get(key) is not None:
+                    gauge.labels(source).set(concurrency[key])
+        self.max_num_seqs.set(concurrency["max_num_seqs"])
+        self.batch_size.set(concurrency["batch_size"])
+
+    def batch(self, clips: int) -> None:
+        """Count one batch handed to the engine."""
+        self.batch_clips.observe(clips)
 
     def serve(self, port: int, host: str) -> None:
         """Serve `/metrics` on host:port from a background thread (once per process)."""

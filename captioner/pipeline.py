@@ -30,8 +30,9 @@ from captioner.outputs import (
     write_summary,
 )
 from captioner.prompts import PromptError, RenderedPrompt, check_budget, load_prompt, render, tokens_per_frame
+from captioner.sizing import ModelShape, Sizing, SizingError, concurrency, disagreement_warning, size
 from captioner.sources import Found, SourceError, find_videos, raw_name, video_id
-from captioner.tiers import TierProfile, resolve_profile
+from captioner.tiers import TierProfile, cuda_device, resolve_profile
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class Plan:
     frame_tokens: int
     prompt: RenderedPrompt
     prompt_tokens: int
+    shape: ModelShape  # what the KV cache arithmetic reads from the model's config
+    sizing: Sizing  # the KV cache and clips in flight; `profile` carries its max_num_seqs and batch_size
 
     def record(self, video: Path | str, **fields: Any) -> CaptionRecord:
         """A record for the file `video` carrying this plan's versions."""
@@ -135,20 +138,22 @@ def _resolve_adapter(settings: Settings) -> tuple[Path | None, str | None, str |
     return path.resolve(), name, digest.hexdigest()[:12]
 
 
-def make_plan(settings: Settings) -> Plan:
-    """Resolve model, adapter, tier, prompt and frames, and check the token budget."""
+def model_facts(settings: Settings) -> tuple[str, Any, RenderedPrompt, ModelShape]:
+    """The model (resolved), its transformers config, the prompt rendered for it, and its shape for sizing.
+
+    Reads the checkpoint's config and tokenizer only; `ConfigError` when they cannot be read, are not
+    LLaVA-NeXT-Video's, or the prompt does not render.
+    """
+    model = _resolve_model(settings)
+    return (model, *_load_model(model, settings))
+
+
+def _load_model(model: str, settings: Settings) -> tuple[Any, RenderedPrompt, ModelShape]:
     from captioner import compat
 
     compat.apply()  # transformers may import the broken CUDA-only audio/video packages
     from transformers import AutoConfig, AutoTokenizer
 
-    model = _resolve_model(settings)
-    adapter, adapter_name, adapter_sha = _resolve_adapter(settings)
-    try:
-        profile = resolve_profile(settings.tier, settings.profile)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    frames = settings.frames or profile.frames
     try:
         hf_config = AutoConfig.from_pretrained(model)
         tokenizer = AutoTokenizer.from_pretrained(model)
@@ -156,6 +161,24 @@ def make_plan(settings: Settings) -> Plan:
         raise ConfigError(f"{model}: cannot load the model's config and tokenizer ({exc})") from None
     if not hasattr(hf_config, "spatial_pool_stride"):
         raise ConfigError(f"{model}: not a LLaVA-NeXT-Video checkpoint (model_type {hf_config.model_type!r})")
+    try:
+        prompt = render(load_prompt(settings.prompt, settings.prompts_dir), tokenizer)
+        shape = ModelShape.from_config(hf_config.to_dict())
+    except (PromptError, SizingError) as exc:
+        raise ConfigError(f"{model}: {exc}" if isinstance(exc, SizingError) else str(exc)) from None
+    return hf_config, prompt, shape
+
+
+def make_plan(settings: Settings) -> Plan:
+    """Resolve model, adapter, tier, prompt and frames; check the token budget; size the KV cache."""
+    model = _resolve_model(settings)
+    adapter, adapter_name, adapter_sha = _resolve_adapter(settings)
+    try:
+        profile = resolve_profile(settings.tier, settings.profile)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    frames = settings.frames or profile.frames
+    hf_config, prompt, shape = _load_model(model, settings)
     quant_config = getattr(hf_config, "quantization_config", None) or {}
     quantized = quant_config.get("quant_method") if isinstance(quant_config, dict) else quant_config.quant_method
     if profile.quantization and quantized != profile.quantization:
@@ -164,30 +187,72 @@ def make_plan(settings: Settings) -> Plan:
             f"this one is {quantized or 'not quantized'}; use a quantized checkpoint or --set quantization=null"
         )
     frame_tokens = tokens_per_frame(hf_config)
+    sampling = settings.sampling_params()
     try:
-        prompt = render(load_prompt(settings.prompt, settings.prompts_dir), tokenizer)
         prompt_tokens = check_budget(
             prompt,
             frames,
             frame_tokens,
-            settings.sampling_params().max_tokens,
+            sampling.max_tokens,
             profile.max_model_len,
             profile.max_num_batched_tokens,
         )
     except PromptError as exc:
         raise ConfigError(str(exc)) from None
+    memory_gib, memory_source = plan_memory(profile, settings.profile)
+    try:
+        sizing = size(shape, profile, frames, prompt.text_tokens, sampling.max_tokens, memory_gib, memory_source)
+    except SizingError as exc:
+        raise ConfigError(f"{model}: {exc}") from None
+    check_fits(sizing, profile)
+    for warning in sizing.warnings:
+        log.warning("%s", warning)
     return Plan(
         settings=settings,
         model=model,
         adapter=adapter,
         adapter_name=adapter_name,
         adapter_sha=adapter_sha,
-        profile=profile,
+        # The profile in force: the derived (or overridden) concurrency filled in.
+        profile=profile.model_copy(update={"max_num_seqs": sizing.max_num_seqs, "batch_size": sizing.batch_size}),
         frames=frames,
         frame_size=hf_config.vision_config.image_size,
         frame_tokens=frame_tokens,
         prompt=prompt,
         prompt_tokens=prompt_tokens,
+        shape=shape,
+        sizing=sizing,
+    )
+
+
+def plan_memory(profile: TierProfile, overrides: dict[str, Any]) -> tuple[float | None, str]:
+    """The device memory (GiB) the sizing assumes, and where it comes from.
+
+    An explicit `memory_gib` override first, then the CUDA device present (a GPU profile only), then
+    the profile's `memory_gib` (the tier's card; planning on a machine without it).
+    """
+    if "memory_gib" in overrides:
+        return profile.memory_gib, "override"
+    device = cuda_device() if profile.device == "cuda" else None
+    if device is not None:
+        return device[1], "device"
+    return profile.memory_gib, "tier"
+
+
+def check_fits(sizing: Sizing, profile: TierProfile) -> None:
+    """Refuse a plan whose KV cache cannot hold a single clip (`ConfigError`, with what would fit)."""
+    if sizing.clips_fit is None or sizing.clips_fit >= 1:
+        return
+    memory = (
+        f"kv_cache_gib {profile.kv_cache_gib:g}" if sizing.kv_source == "kv_cache_gib"
+        else f"{sizing.memory_gib:.1f} GiB ({sizing.memory_source}) x {profile.gpu_memory_utilization:g} less "
+        f"{sizing.weights_gib:.1f} GiB of weights, {sizing.activations_gib:.1f} of activations and "
+        f"{sizing.overhead_gib:.1f} of overhead"
+    )  # fmt: skip
+    raise ConfigError(
+        f"one clip of {sizing.frames} frames needs {sizing.tokens_per_clip:,} tokens of KV cache, and the "
+        f"{profile.name} profile leaves {sizing.kv_tokens:,} ({memory}); use fewer frames, a quantized "
+        "checkpoint, or a larger device"
     )
 
 
@@ -198,14 +263,34 @@ def load_engine(plan: Plan):  # -> CaptionEngine; imported lazily: vLLM takes se
     return CaptionEngine(plan.model, plan.profile, adapter=plan.adapter, seed=plan.settings.seed)
 
 
+def engine_concurrency(engine: Any, plan: Plan) -> dict[str, Any]:
+    """The plan's computed concurrency beside the one vLLM reports for `engine`; warns when they disagree.
+
+    vLLM's figure is its KV cache (blocks of its block size) expressed in clips of the plan's
+    tokens per clip; an engine that does not report one (a stand-in) leaves the vLLM side empty.
+    `max_num_seqs` is the engine's own: a worker's engine may have been sized for other frames.
+    """
+    record = concurrency(plan.sizing, getattr(engine, "kv", None))
+    record["max_num_seqs"] = getattr(getattr(engine, "profile", None), "max_num_seqs", None) or record["max_num_seqs"]
+    warning = disagreement_warning(record)
+    if warning:
+        log.warning("%s", warning)
+    return record
+
+
 def check_engine(engine: Any, plan: Plan) -> None:
-    """Refuse to reuse a loaded engine whose model, adapter or settings differ from the plan's."""
+    """Refuse to reuse a loaded engine whose model, adapter or settings differ from the plan's.
+
+    The concurrency (max_num_seqs, batch) may differ: it follows the frames, which a job may choose.
+    A job's batch is its own; the engine runs at most its max_num_seqs of them at once.
+    """
+    derived = {"max_num_seqs", "batch_size"}
     mismatched = [
         name
         for name, have, want in [
             ("model", engine.model, plan.model),
             ("adapter", engine.adapter, plan.adapter),
-            ("tier profile", engine.profile, plan.profile),
+            ("tier profile", engine.profile.model_dump(exclude=derived), plan.profile.model_dump(exclude=derived)),
         ]
         if have != want
     ]
@@ -228,7 +313,17 @@ class RunStats:
     cached_tokens: int = 0
     shareable_prefix_tokens: int = 0
     engine_load_s: float = 0.0
+    batches: int = 0  # generate() calls, and the clips they carried
+    batch_clips: int = 0
+    batch_max: int = 0
+    concurrency: dict[str, Any] | None = None  # `engine_concurrency`, once the engine is known
     started: float = field(default_factory=time.perf_counter)
+
+    def add_batch(self, clips: int) -> None:
+        """Count one batch handed to the engine."""
+        self.batches += 1
+        self.batch_clips += clips
+        self.batch_max = max(self.batch_max, clips)
 
     def add(self, record: CaptionRecord, shareable: int) -> None:
         """Count one finished clip."""
@@ -263,6 +358,13 @@ class RunStats:
             "prefix_cache_hit_ratio": (
                 round(self.cached_tokens / self.shareable_prefix_tokens, 4) if self.shareable_prefix_tokens else None
             ),
+            # Clips in flight: computed from memory, reported by vLLM, and the batches actually handed over.
+            "concurrency": {
+                **(self.concurrency or concurrency(plan.sizing, None)),
+                "batches": self.batches,
+                "batch_max": self.batch_max,
+                "batch_mean": round(self.batch_clips / self.batches, 2) if self.batches else None,
+            },
             **plan.versions(),
         }
 
@@ -320,6 +422,7 @@ def caption_clips(
     decoder: FrameDecoder,
     engine_factory: Callable[[], Any],
     on_record: Callable[[CaptionRecord], None] = lambda record: None,
+    on_batch: Callable[[int], None] = lambda clips: None,
 ) -> Iterator[tuple[CaptionRecord, int]]:
     """Decode and caption `videos`, writing one record each as soon as it is known.
 
@@ -370,6 +473,7 @@ def caption_clips(
             continue
         batch, ready = ready[:batch_size], ready[batch_size:]
         top_up()  # decoders work on the next batch while the engine runs this one
+        on_batch(len(batch))
         for clip, gen in zip(batch, engine.caption([clip.frames for clip in batch], plan.prompt, sampling)):
             failed = gen.error is not None or not gen.text
             record = plan.record(
@@ -394,18 +498,25 @@ def caption_videos(
     engine_factory: Callable[[], Any],
     stats: RunStats,
     on_record: Callable[[CaptionRecord], None] = lambda record: None,
+    on_batch: Callable[[int], None] = lambda clips: None,
 ) -> RunStats:
     """Caption `videos` (already known to need it) into `out_dir/captions.jsonl`; count them in `stats`.
 
     The unit of work of both `run` and a queue worker's chunk. Engine death (vLLM's
-    EngineDeadError) propagates, so the caller can rebuild the engine and try again.
+    EngineDeadError) propagates, so the caller can rebuild the engine and try again. `on_batch`
+    hears the size of every batch handed to the engine (also counted in `stats`).
     """
     if not videos:
         return stats
     workers = min(plan.profile.decode_workers, len(videos))
+
+    def batch(clips: int) -> None:
+        stats.add_batch(clips)
+        on_batch(clips)
+
     with FrameDecoder(plan.frame_spec, workers, plan.settings.decode_timeout) as decoder:
         with RecordWriter(out_dir / CAPTIONS_FILE) as writer:
-            for record, shareable in caption_clips(videos, plan, writer, decoder, engine_factory, on_record):
+            for record, shareable in caption_clips(videos, plan, writer, decoder, engine_factory, on_record, batch):
                 stats.add(record, shareable)
     return stats
 
@@ -446,10 +557,11 @@ def run(
     on_start(len(todo), stats.skipped)
 
     def engine_factory() -> Any:
-        if engine is not None:
-            return engine
-        loaded = load_engine(plan)  # only now: the first clips are already decoding
-        stats.engine_load_s = loaded.load_s
+        loaded = engine
+        if loaded is None:
+            loaded = load_engine(plan)  # only now: the first clips are already decoding
+            stats.engine_load_s = loaded.load_s
+        stats.concurrency = engine_concurrency(loaded, plan)
         return loaded
 
     if todo:

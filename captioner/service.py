@@ -328,10 +328,15 @@ def check_submission(folders: list[Path], out: Path, settings: Settings) -> tupl
 
 
 def chunk_size(settings: Settings) -> int:
-    """Videos per chunk: `chunk_size`, else two engine batches of the tier (decoding runs a batch ahead)."""
+    """Videos per chunk: `chunk_size`, else two of the tier's largest batches (decoding runs a batch ahead).
+
+    The batch itself is sized on the worker, from its model and memory; the submitter knows the
+    tier's ceiling (`max_clips`), or the batch when the profile sets one.
+    """
     if settings.chunk_size:
         return settings.chunk_size
-    return 2 * resolve_profile(settings.tier, settings.profile).batch_size
+    profile = resolve_profile(settings.tier, settings.profile)
+    return 2 * (profile.batch_size or profile.max_num_seqs or profile.max_clips)
 
 
 def job_options(settings: Settings) -> JobOptions:
@@ -540,12 +545,14 @@ class WorkerRuntime:
 
     def engine(self, plan: Any) -> Any:
         """The loaded engine, built now if there is none (first use, or after it died)."""
-        from captioner.pipeline import check_engine, load_engine
+        from captioner.pipeline import check_engine, engine_concurrency, load_engine
 
         if self._engine is None:
             started = time.perf_counter()
             self._engine = (self.load or load_engine)(plan)
             self.metrics.engine_loaded(time.perf_counter() - started)
+            # Computed vs vLLM-reported clips in flight, for the plan the engine was built for (warns if apart).
+            self.metrics.engine_sized(engine_concurrency(self._engine, plan))
         check_engine(self._engine, plan)
         return self._engine
 
@@ -637,7 +644,9 @@ def run_chunk(
             reason = f"gave up: this chunk was started {deliveries - 1} times and its worker vanished each time"
             _record_failed(runtime, job_id, plan, out_dir, [(v, reason) for v in pending], stats)
         else:
-            caption_videos(pending, out_dir, plan, lambda: runtime.engine(plan), stats, on_record)
+            caption_videos(
+                pending, out_dir, plan, lambda: runtime.engine(plan), stats, on_record, on_batch=runtime.metrics.batch
+            )
     except _Cancelled:
         store.leave(job_id, index, worker)
         log.info("job %s chunk %d: job cancelled; stopped", job_id, index)

@@ -17,6 +17,7 @@ KEYS = [
     "pipeline_efficiency", "prefix_cache_hit_ratio", "prefix_cache_speedup", "naive_videos_per_s",
     "speedup_vs_naive", "decode_resize_speedup", "rss_growth", "settings",
     "decode_cpu_s_per_clip", "keyframe_decode_speedup", "frame_shift_max", "decode_cores_per_engine", "sets",
+    "concurrency",
 ]
 TOLERANCE = 0.25  # the default keyframe tolerance, a share of a segment
 
@@ -61,7 +62,11 @@ def test_bench_writes_every_figure(run):
     assert bench["engine_speedup_vs_naive_generate"] == pytest.approx(
         bench["engine_only_videos_per_s"] * naive["generate_s"] / naive["videos"], rel=1e-2
     )
-    assert "end to end" in result.stdout and "speedup vs naive" in result.stdout  # the printed table
+    # Clips in flight: vLLM's KV cache agrees with the computed one; the long run's batches stay within max_num_seqs.
+    flight = bench["concurrency"]
+    assert flight["agree"] is True and flight["vllm_clips_fit"] >= flight["max_num_seqs"] == 16
+    assert 1 <= flight["batch_max"] <= flight["batch_size"] == bench["settings"]["profile"]["batch_size"]
+    assert "end to end" in result.stdout and "clips in flight" in result.stdout  # the printed table
     assert "keyframe speedup, own footage" in result.stdout
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +32,9 @@ def captioner(*args: str, **kwargs) -> subprocess.CompletedProcess:
         (["{clips}", "--adapter", "{tmp}/no-adapter"], "{tmp}/no-adapter: adapter folder does not exist"),
         (["{clips}", "--frames", "1000"], "use at most"),
         (["{clips}", "--tier", "v100"], "tier"),
+        (["{clips}", "--tier", "a100"], "a100-40 or a100-80"),
+        # 100 KiB of KV cache holds no clip: refused before any work, with what a clip needs.
+        (["{clips}", "--set", "kv_cache_gib=0.0001"], "one clip of 8 frames needs"),
         (["{clips}", "--set", "max_num_seq=4"], "unknown profile field"),
         (["{clips}", "--tier", "t4"], "the t4 profile expects an AWQ-quantized checkpoint, this one is not quantized"),
     ],
@@ -70,3 +74,32 @@ def test_killed_run_resumes_without_losing_or_duplicating(home, tmp_path):
     records = read_records(captions)
     assert Counter(r["video"] for r in records) == Counter(str(c.resolve()) for c in clips)
     assert all(r["status"] == "ok" for r in records)
+
+
+SEVEN_B = Path(__file__).parents[1] / "captioner" / "data" / "llava-next-video-7b-config.json"
+
+
+def test_plan_prints_frames_against_clips_in_flight(home):
+    result = captioner("plan", "--tier", "cpu", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (cpu,) = json.loads(result.stdout)["tiers"]
+    assert cpu["tier"] == "cpu" and cpu["sizing"]["kv_source"] == "kv_cache_gib" and cpu["sizing"]["frames"] == 8
+    rows = cpu["tradeoff"]
+    assert [r["frames"] for r in rows] == [4, 6, 8, 12, 16]
+    assert [r["tokens_per_clip"] for r in rows] == sorted(r["tokens_per_clip"] for r in rows)
+    fits = [r["clips_fit"] for r in rows]
+    assert fits == sorted(fits, reverse=True) and fits[0] > fits[-1] > 16  # the CPU tier is capped, not full
+
+    table = captioner("plan", "--model-config", str(SEVEN_B), "--text-tokens", "200", "--tier", "l4")
+    assert table.returncode == 0, table.stderr[-3000:]
+    assert "frames vs clips in flight (l4)" in table.stdout and "16 <" in table.stdout
+    assert "22.17 GiB (tier) x 0.9 - weights 4.23" in table.stdout
+
+    every = captioner("plan", "--model-config", str(SEVEN_B), "--text-tokens", "200", "--all-tiers", "--json")
+    assert every.returncode == 0, every.stderr[-3000:]
+    fit = {t["tier"]: t["sizing"]["clips_fit"] for t in json.loads(every.stdout)["tiers"]}
+    assert set(fit) == {"cpu", "t4", "l4", "a100-40", "a100-80", "h100"}
+    assert fit["a100-80"] > 2 * fit["a100-40"] > 2
+
+    untokenized = captioner("plan", "--model-config", str(SEVEN_B))
+    assert untokenized.returncode == 2 and "give --text-tokens" in untokenized.stderr

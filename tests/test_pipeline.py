@@ -10,7 +10,7 @@ import pytest
 
 from captioner.frames import sample_frames
 from captioner.outputs import read_records
-from captioner.pipeline import ConfigError, make_plan, run
+from captioner.pipeline import ConfigError, check_engine, make_plan, run
 from tests.badfiles import write_bad_files
 
 BAD_REASONS = {
@@ -83,6 +83,34 @@ def test_summary_file_matches_returned_summary(first_run):
     for key in ("videos", "ok", "failed", "skipped", "seconds", "videos_per_s", "output_tokens_per_s",
                 "prefix_cache_hit_ratio"):
         assert key in on_disk
+
+
+def test_summary_records_computed_and_vllm_concurrency(first_run, engine, plan):
+    """On the CPU profile the clips the sizing computes and the clips vLLM's KV cache holds agree within a fifth."""
+    out, summary = first_run
+    flight = summary["concurrency"]
+    # vLLM's own figure, read from the loaded engine (what it logs as "KV cache size: N tokens").
+    assert engine.kv is not None and flight["vllm_kv_tokens"] == engine.kv.kv_tokens > 0
+    assert flight["vllm_max_concurrency"] == pytest.approx(engine.kv.kv_tokens / engine.kv.max_model_len, rel=0.01)
+    assert flight["computed_kv_tokens"] == plan.sizing.kv_tokens and flight["kv_source"] == "kv_cache_gib"
+    assert flight["tokens_per_clip"] == plan.prompt_tokens + plan.settings.sampling_params().max_tokens
+    computed, reported = flight["computed_clips_fit"], flight["vllm_clips_fit"]
+    assert abs(reported - computed) <= computed / 5 and flight["agree"] is True
+    assert flight["vllm_kv_tokens"] == pytest.approx(flight["computed_kv_tokens"], rel=0.2)
+    # The batch actually used: the profile's (16, the CPU tier's max_clips, far below what fits), or less.
+    assert flight["max_num_seqs"] == flight["batch_size"] == plan.profile.batch_size == 16 < computed
+    assert flight["limited_by"] == "max_clips"
+    assert flight["batches"] >= 1 and 1 <= flight["batch_max"] <= 16
+    assert 1 <= flight["batch_mean"] <= flight["batch_max"]
+    assert flight["batch_mean"] * flight["batches"] >= summary["ok"]  # every captioned clip went in a batch
+
+
+def test_a_loaded_engine_serves_plans_of_other_frames(engine, plan, settings):
+    """Clips in flight follow the frames; a worker's engine still serves a job that asks for other frames."""
+    four = make_plan(settings.model_copy(update={"frames": 4}))
+    assert four.sizing.tokens_per_clip == plan.sizing.tokens_per_clip - 4 * plan.frame_tokens
+    assert four.sizing.clips_fit > engine.kv.clips_fit(plan.sizing.tokens_per_clip)
+    check_engine(engine, four)  # no "restart it"
 
 
 def test_rerun_skips_ok_and_retries_failed(first_run, mixed_dir, settings, engine):

@@ -47,7 +47,10 @@ def test_budget_refuses_too_many_frames_with_the_limit():
 def test_profiles_are_data_and_overridable():
     t4 = PROFILES["t4"]
     assert t4.dtype == "half" and t4.quantization == "awq"  # no bf16 on Turing
-    assert PROFILES["h100"].enable_chunked_prefill and PROFILES["h100"].max_num_seqs == 64
+    assert PROFILES["h100"].enable_chunked_prefill and PROFILES["h100"].max_clips == 64
+    # Clips in flight are derived from memory (captioner.sizing), not listed.
+    assert all(p.max_num_seqs is None and p.batch_size is None for p in PROFILES.values())
+    assert PROFILES["a100-40"].memory_gib < 40 < 79 < PROFILES["a100-80"].memory_gib
     changed = resolve_profile("t4", {"max_num_seqs": 4, "quantization": None})
     assert changed.max_num_seqs == 4 and changed.quantization is None and changed.dtype == "half"
     with pytest.raises(ValueError, match="unknown profile field"):

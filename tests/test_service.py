@@ -518,6 +518,11 @@ def test_workers_serve_prometheus_metrics(workers, worker_env, svc_settings, sto
     assert sick.returncode == 1 and "worker not ready" in sick.stderr
     before = scrape()
     assert all(s["captioner_engine_loads_total"] == 1 and s["captioner_engine_load_seconds"] > 0 for s in before)
+    for s in before:  # clips in flight: computed and vLLM's figure agree within a fifth; the CPU tier caps at 16
+        computed, reported = s['captioner_clips_fit{source="computed"}'], s['captioner_clips_fit{source="vllm"}']
+        assert abs(reported - computed) <= computed / 5 and computed > 16
+        assert s['captioner_kv_cache_tokens{source="vllm"}'] > 0
+        assert s["captioner_max_num_seqs"] == 16 and s["captioner_batch_size"] == 1  # the workers' batch override
     # Workers stop taking chunks (as an operator would with `celery control cancel_consumer`), so
     # the job's chunks wait in the queue where the metric must see them.
     control = app_for(svc_settings).control
@@ -557,6 +562,7 @@ def test_workers_serve_prometheus_metrics(workers, worker_env, svc_settings, sto
     decoded = [r for r in records.values() if r["decode_s"] is not None]
     assert delta("captioner_decode_seconds_count") == len(decoded) >= 3
     assert delta("captioner_decode_seconds_sum") == pytest.approx(sum(r["decode_s"] for r in decoded), abs=0.01)
+    assert delta("captioner_batch_clips_count") == delta("captioner_batch_clips_sum") == 3  # the good clips, 1 a batch
     for samples in after:
         if samples["captioner_prompt_tokens_total"]:  # a worker that has captioned something
             ratio = samples["captioner_cached_prompt_tokens_total"] / samples["captioner_prompt_tokens_total"]

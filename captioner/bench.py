@@ -578,6 +578,8 @@ def _host() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        # Machines of one kind differ here (AVX-512 or AVX2 only), and the engine's speed with them.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "versions": _versions(),

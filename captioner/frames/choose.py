@@ -55,7 +55,7 @@ def choose_frames(times: np.ndarray, keyframe: np.ndarray, n: int, tolerance: fl
     if tolerance > 0:
         # What decoding a frame costs: the frames since its keyframe (presentation order is close
         # enough to decode order for this).
-        cost = np.arange(count) - np.maximum.accumulate(np.where(keyframe, np.arange(count), 0))
+        cost = np.arange(count) - last_keyframe(keyframe)
         reach = tolerance * segment
         for i, target in enumerate(targets):
             lo = int(np.searchsorted(times, target - reach - 1e-9))
@@ -66,6 +66,11 @@ def choose_frames(times: np.ndarray, keyframe: np.ndarray, n: int, tolerance: fl
         chosen = _distinct(chosen, exact, count)
     indices = [int(i) for i in chosen]
     return FramePick(indices, [float(t) for t in targets], [float(times[i]) for i in indices], segment)
+
+
+def last_keyframe(keyframe: np.ndarray) -> np.ndarray:
+    """For each frame, the index of the last keyframe at or before it (0 before the first)."""
+    return np.maximum.accumulate(np.where(keyframe, np.arange(len(keyframe)), 0))
 
 
 def _distinct(chosen: np.ndarray, exact: np.ndarray, count: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
-from captioner.frames.choose import decode_size
+from captioner.frames.choose import decode_size, last_keyframe
 from captioner.frames.errors import FrameError, explain
 from captioner.frames.probe import VideoInfo, openable
 
@@ -87,7 +87,7 @@ def _decord_times(reader) -> np.ndarray:
 def read_pyav(path: Path, info: VideoInfo, indices: list[int], short_side: int | None) -> Decoded:
     """Frames `indices` through PyAV: one seek per keyframe group, keyframe-only where that suffices."""
     wanted = sorted(set(indices))
-    key_of = np.maximum.accumulate(np.where(info.keyframe, np.arange(info.frames), 0))  # last keyframe at or before
+    key_of = last_keyframe(info.keyframe)
     groups: dict[int, list[int]] = {}
     for index in wanted:
         groups.setdefault(int(key_of[index]), []).append(index)

@@ -1,0 +1,72 @@
+"""`captioner bench`: measure the pipeline stage by stage, against the naive way, in one run.
+
+The clips come in two sets that differ only in their keyframe habit (same scenes, sizes, lengths
+and bitrates): camera-style (a keyframe every 0.5-1 s, as phones, drones and action cameras
+write) and web-style (x264's default of one keyframe per 250 frames, as re-encoded web video
+has). A folder of one's own footage is one set instead, "own".
+
+- frame stage, every set: decoding alone (the CPU side's limit) at the plan's keyframe tolerance
+  and at tolerance 0 (exact frames), in wall-clock videos/s and in CPU seconds per clip; on the
+  headline set also at full resolution followed by a resize;
+- engine only: the engine on frames decoded beforehand (the accelerator side's limit), with the
+  prefix cache on and off;
+- end to end: the real pipeline (`caption_videos`) with the engine already loaded;
+- naive: decord at full resolution with exact uniformly spaced frames, the Hugging Face processor
+  and `transformers` `generate`, one clip at a time, in a separate process that may use every core;
+- memory: resident memory over a long end-to-end run.
+
+Engine, end to end, naive and memory run on the headline set (camera-style, or own footage): the
+web-style set is measured in the frame stage only, its figures reported as they come.
+"""
+
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from captioner.bench.clips import _LABELS, bench_clips
+from captioner.bench.common import _in_child
+from captioner.bench.engine_runs import _engine_only_worker, _engine_runs
+from captioner.bench.frame_stage import FrameStage, _frame_stage
+from captioner.bench.naive import _naive
+from captioner.bench.report import TARGET_NOTES, TARGETS, _result, _targets, table
+from captioner.pipeline import make_plan
+
+__all__ = ["TARGETS", "TARGET_NOTES", "bench_clips", "run_bench", "table"]
+
+
+def run_bench(
+    settings: Any,
+    clips: int = 16,
+    naive_clips: int = 4,
+    memory_clips: int = 1000,
+    clips_dir: Path | None = None,
+    log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Run every measurement and return the results (see the module docstring). `clips` is per set."""
+    # Greedy decoding in every measurement, so both sides produce the same number of tokens.
+    settings = settings.model_copy(update={"sampling": "deterministic"})
+    plan = make_plan(settings)
+    folder = clips_dir or settings.home / "bench-clips"
+    log(f"clips: writing/reusing {clips} clips a set (720p/1080p, 5-30 s; camera- and web-style GOPs) in {folder}")
+    sets = bench_clips(folder, clips)
+    headline = next(iter(sets))  # camera-style, or own footage
+
+    stages: dict[str, FrameStage] = {}
+    for name, paths in sets.items():
+        log(f"frame stage, {_LABELS[name]}: tolerance {plan.frame_spec.tolerance:g} and exact frames"
+            + (", then full size + resize" if name == headline else ""))
+        stages[name] = _frame_stage(plan, paths, with_resize=name == headline)
+
+    paths = sets[headline]
+    frames = [clip.frames for clip in stages[headline].default.clips]
+    log("engine only, prefix cache off (separate process)")
+    engine_off = _in_child(_engine_only_worker, settings, frames, False)
+    log(f"naive: exact frames, HF processor + generate, one clip at a time, {naive_clips} clips (separate process)")
+    naive = _naive(plan, paths[:naive_clips])
+    runs = _engine_runs(plan, frames, paths, memory_clips, log)
+
+    result = _result(plan, stages, headline, engine_off, naive, runs)
+    result["targets"] = _targets(result)
+    return result

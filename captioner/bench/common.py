@@ -1,0 +1,20 @@
+"""Small helpers the measurements share."""
+
+from __future__ import annotations
+
+import multiprocessing
+from typing import Any, Callable
+
+
+def _in_child(function: Callable[..., Any], *args: Any) -> Any:
+    """Run `function(*args)` in a fresh spawned process that exits afterwards.
+
+    Each side of a comparison gets the machine (and, on a GPU, the device memory) to itself:
+    a second engine or an HF model beside the loaded engine would not fit.
+    """
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        return pool.apply(function, args)
+
+
+def _rate(videos: int, seconds: float) -> float:
+    return round(videos / seconds, 4) if seconds > 0 else 0.0

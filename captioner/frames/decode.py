@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ class ClipFrames:
     frames: np.ndarray
     times: list[float]  # seconds from the first presented frame, one per frame
     shift_max: float  # the largest distance of a frame from its target, as a fraction of a segment
-    decoder: str  # "decord" or "pyav"
+    decoder: str  # "pyav-keyframes", "decord", "pyav-keyframes+decord" or "pyav"
     display_size: tuple[int, int]  # the source's (width, height) as shown
     rotation: int
     source_frames: int  # frames the source presents
@@ -40,7 +40,6 @@ class ClipFrames:
     decode_s: float = 0.0
     cpu_s: float = 0.0  # CPU seconds of the decoding process for this clip
     codec: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def facts(self) -> dict[str, Any]:
         """What a record and `frames.json` say about how the frames were taken."""
@@ -63,7 +62,8 @@ def decode_clip(path: Path, spec: FrameSpec) -> ClipFrames:
     pick = choose_frames(info.times, info.keyframe, spec.num_frames, spec.tolerance, info.frame_s)
     notes = list(info.notes)
     decoded = _decode(path, info, pick.indices, spec.short_side, notes)
-    size = decode_size(*info.display_size(decoded.rotation), spec.short_side)
+    display = info.display_size(decoded.rotation)
+    size = decode_size(*display, spec.short_side)
     if decoded.frames.shape != (spec.num_frames, size[1], size[0], 3):
         raise FrameError(path, f"decoder returned frames of shape {decoded.frames.shape}, expected {size[0]}x{size[1]}")
     return ClipFrames(
@@ -72,7 +72,7 @@ def decode_clip(path: Path, spec: FrameSpec) -> ClipFrames:
         times=pick.times,
         shift_max=pick.shift_max,
         decoder=decoded.decoder,
-        display_size=info.display_size(decoded.rotation),
+        display_size=display,
         rotation=decoded.rotation,
         source_frames=info.frames,
         notes=tuple(info.geometry_notes(decoded.rotation) + notes),

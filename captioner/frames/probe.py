@@ -36,8 +36,6 @@ class VideoInfo:
     pts: np.ndarray  # stream timestamps of the presented frames, ascending
     times: np.ndarray  # the same in seconds from the first presented frame
     keyframe: np.ndarray  # bool per presented frame: decodable without earlier frames
-    time_base: Fraction
-    start_s: float  # stream time of the first presented frame
     hidden: int  # frames stored but not presented (an edit list's lead-in)
     open_gop: bool  # leading pictures: frames after a keyframe that show before it
     container: str  # FFmpeg's name of the container format
@@ -70,8 +68,6 @@ class VideoInfo:
     @property
     def duration_s(self) -> float:
         """Seconds from the first presented frame to the end of the last one."""
-        if len(self.times) < 2:
-            return float(self.times[-1]) + self.frame_s if len(self.times) else 0.0
         return float(self.times[-1]) + self.frame_s
 
     @property
@@ -179,8 +175,6 @@ def _probe(path: Path, container) -> VideoInfo:
         pts=pts_sorted,
         times=times,
         keyframe=keyframe,
-        time_base=Fraction(time_base),
-        start_s=float(seconds[0]),
         hidden=scan.hidden,
         open_gop=scan.open_gop,
         container=container.format.name,

@@ -138,10 +138,14 @@ def run(
 
 @app.command("eval")
 def eval_(
-    captions: Path = typer.Argument(..., help="captions.jsonl written by `captioner run`."),
+    captions: Path = typer.Argument(
+        ..., help="captions.jsonl or an output folder (captions.jsonl plus the workers' part files are read as one)."
+    ),
     refs: Path = typer.Option(..., "--refs", help="References: JSONL, CSV, or a folder of AI-Hub label JSON files."),
     out: Path = typer.Option(..., "--out", "-o", help="Report folder (report.html, metrics.json, per_video.csv)."),
-    against: Optional[Path] = typer.Option(None, help="Another captions.jsonl to compare with (the baseline)."),
+    against: Optional[Path] = typer.Option(
+        None, help="Another captions.jsonl or output folder to compare with (the baseline)."
+    ),
     threshold: float = typer.Option(0.05, help="Relative METEOR drop that counts as a regression."),
     show: int = typer.Option(5, help="Worst and best clips shown with their frames."),
 ) -> None:
@@ -152,6 +156,48 @@ def eval_(
     from captioner.evaluation.run import run_eval
 
     raise typer.Exit(run_eval(captions, refs, out, against=against, regression_threshold=threshold, worst_best=show))
+
+
+@app.command("export")
+def export_(
+    target: Path = typer.Argument(
+        ..., metavar="OUT", help="Output folder (captions.jsonl plus the workers' part files)."
+    ),
+    fmt: str = typer.Option("parquet", "--format", "-f", help="parquet | csv | jsonl."),
+    all_versions: bool = typer.Option(
+        False, "--all-versions", help="One row per video and version (default: the newest version only)."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (default: OUT/export.<format>)."),
+) -> None:
+    """Write the folder's captions as one table: one row per video, its newest ok caption and its settings.
+
+    The version exported by default (model, adapter, prompt version) is the one of the most recent
+    ok record; it is named on stderr. Prints a JSON summary on stdout. Exit status 2: a missing or
+    empty folder, no ok caption, or Parquet without pyarrow.
+    """
+    from captioner.export import ExportError, export
+
+    try:
+        result = export(target, fmt.lower(), out=out, all_versions=all_versions)
+    except ExportError as exc:
+        _fail(str(exc))
+    if result.chosen is not None:
+        typer.echo(
+            f"version: {result.chosen} [{result.versions[0]['version']}], "
+            f"that of the newest ok record ({result.chosen_at or 'no time'})",
+            err=True,
+        )
+        if result.left_out:
+            typer.echo(
+                f"left out: {len(result.left_out)} other version(s) "
+                f"({'; '.join(v['label'] for v in result.left_out)}); --all-versions exports them",
+                err=True,
+            )
+    if result.without_ok:
+        typer.echo(
+            f"{result.without_ok} video(s) have only failed records in the exported version(s): no row", err=True
+        )
+    typer.echo(json.dumps(result.summary(), ensure_ascii=False))
 
 
 @app.command("frames")
@@ -223,6 +269,41 @@ def bench(
     write_atomic(out, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
     summary = Table("measure", "result", title=f"captioner bench ({result['settings']['profile']['name']})")
     for row in table(result):
+        summary.add_row(*row)
+    Console().print(summary)
+    typer.echo(f"written: {out}", err=True)
+
+
+@app.command("bench-service")
+def bench_service(
+    out: Path = typer.Option(..., "--out", "-o", help="JSON file for every figure and setting."),
+    videos: int = typer.Option(1_000_000, help="Videos in the stand-in job (hard links to one small clip)."),
+    chunk_size: int = typer.Option(1000, help="Videos per chunk of the stand-in job."),
+    real_clips: int = typer.Option(32, help="Clips for the real-engine comparison of the queue and `captioner run`."),
+    work: Path = typer.Option(Path("bench-service-work"), help="Where links, outputs and logs go (reused)."),
+    skip_scale: bool = typer.Option(False, help="Only the real-engine comparison."),
+    skip_real: bool = typer.Option(False, help="Only the stand-in scale measurements."),
+) -> None:
+    """Measure the service at scale: a million-video job through real Redis and Celery workers
+    (stand-in engine and decoder, named in the output), and the queue path against `captioner run`."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from captioner.bench.scale import queue_vs_run, run_scale, scale_table
+    from captioner.outputs import write_atomic
+
+    _setup_logging(False)
+    console = Console(stderr=True)
+    settings = _settings(adapter="demo", tier="cpu")
+    result: dict[str, Any] = {"cpu_count": os.cpu_count()}
+    if not skip_scale:
+        result["scale"] = run_scale(settings, work, videos, chunk_size, log=console.log)
+        write_atomic(out, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+    if not skip_real:
+        result["real"] = queue_vs_run(settings, work, real_clips, [4, 0], log=console.log)
+    write_atomic(out, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+    summary = Table("measure", "result", title="captioner bench-service")
+    for row in scale_table(result):
         summary.add_row(*row)
     Console().print(summary)
     typer.echo(f"written: {out}", err=True)
@@ -374,7 +455,9 @@ def quantize_(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the AWQ checkpoint (new, or empty)."),
     adapter: Optional[str] = typer.Option(None, help="LoRA adapter folder merged first; 'demo' = the demo adapter."),
     calibration: Optional[list[Path]] = typer.Option(
-        None, "--calibration", help="More calibration text: captions.jsonl, or references (JSONL, CSV, AI-Hub folder)."
+        None,
+        "--calibration",
+        help="More calibration text: captions.jsonl or an output folder, or references (JSONL, CSV, AI-Hub folder).",
     ),
     prompt: str = typer.Option("detailed-ko", help="Prompt the calibration captions follow, as when captioning."),
     dtype: str = typer.Option("auto", help="Working precision: auto (float16 on GPU, float32 on CPU), bfloat16..."),
@@ -450,20 +533,21 @@ def worker(
 
     _setup_logging(verbose)
     settings = _service_settings(model=model, adapter=adapter, tier=tier, sets=sets, metrics_port=metrics_port)
-    import workers.tasks
+    from captioner.service import tasks
+    from captioner.service.celery_app import app_for
 
-    runtime = workers.tasks.use_settings(settings)
+    runtime = tasks.use_settings(settings)
     try:
         runtime.start()  # before consuming: a worker that cannot caption must not take chunks
     except (ConfigError, EngineError) as exc:
         _fail(str(exc))
-    workers.tasks.app.worker_main(
+    app_for(settings).worker_main(
         [
             "worker",
             f"--hostname={name or f'captioner-{os.getpid()}@%h'}",
             f"--queues={settings.queue}",
-            "--pool=solo",
-            "--concurrency=1",
+            "--pool=threads",  # one process, one engine; the next chunk decodes while this one is captioned
+            f"--concurrency={settings.chunks_in_flight}",
             "--loglevel=INFO",
         ]
     )
@@ -572,7 +656,7 @@ def beat() -> None:
     settings = _service_settings()
     if not settings.nightly_folders or settings.nightly_out is None:
         _fail("no nightly job configured: set nightly_folders and nightly_out (CAPTIONER_* or CAPTIONER_CONFIG)")
-    from workers.app import app_for
+    from captioner.service.celery_app import app_for
 
     app_for(settings).start(["beat", "--loglevel=INFO"])
 

@@ -98,6 +98,14 @@ class Settings(BaseSettings):
         3600, gt=0, description="Seconds after which a chunk of a vanished worker is redelivered; > longest chunk."
     )
     chunk_retries: int = Field(3, ge=0, description="Retries of a chunk after an engine or worker error.")
+    chunks_in_flight: int = Field(
+        2, ge=1, le=8, description="Chunks a worker holds at once: the next one decodes while the engine captions "
+        "the current one (1 = strictly one after the other)."
+    )
+    heartbeat_s: float = Field(15.0, gt=0, description="Seconds between a worker's heartbeats.")
+    dead_after_s: float = Field(
+        90.0, gt=0, description="A worker silent this long is dead: its chunks are sent to another worker."
+    )
     nightly_folders: PathList = Field(default_factory=list, description="Folders captioned by the nightly job.")
     nightly_out: Path | None = Field(None, description="Output folder of the nightly job.")
     nightly_schedule: str = Field("0 2 * * *", description="Crontab (minute hour day month weekday), nightly job.")

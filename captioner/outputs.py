@@ -1,6 +1,11 @@
-"""Record stage: one JSON line per clip in `captions.jsonl`, written as soon as the clip is done.
+"""Record stage: one JSON line per clip, and the output folder read back as one dataset.
 
-Each record is appended with a single `write` under an exclusive lock, so a killed run loses at
+An output folder holds `captions.jsonl` (written by `captioner run`) and, when queue workers wrote
+to it, part files: `parts/JOB/CHUNK.jsonl` (one per chunk, written by one worker and made visible
+by an atomic rename) and `parts/JOB.jsonl` (a finished job's chunks, concatenated once).
+`read_output` reads all of them as one dataset, so nothing ever appends across machines.
+
+In `captions.jsonl` each record is appended with a single `write` under an exclusive lock, so a killed run loses at
 most the clips in flight and writers in several processes never interleave inside a line. A torn
 last line (power loss) is cut off the next time the file is opened. `compact` replaces the file
 while holding the same lock, and a writer re-opens the file when it finds it replaced, so
@@ -10,12 +15,15 @@ compaction is safe while other processes (queue workers) append.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
+import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
@@ -25,6 +33,7 @@ from captioner.sources import safe_text
 log = logging.getLogger(__name__)
 
 CAPTIONS_FILE = "captions.jsonl"
+PARTS_DIR = "parts"
 SUMMARY_FILE = "summary.json"
 
 
@@ -74,17 +83,43 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def version_key(record: dict[str, Any]) -> tuple:
+@dataclass(frozen=True)
+class VersionKey:
     """What makes two captions of the same video comparable: model, adapter and prompt version."""
-    prompt = record.get("prompt") or {}
-    return (
-        record.get("model", ""),
-        record.get("adapter"),
-        record.get("adapter_sha"),
-        prompt.get("name", ""),
-        prompt.get("version", 0),
-        prompt.get("sha", ""),
-    )
+
+    model: str
+    adapter: str | None
+    adapter_sha: str | None
+    prompt_name: str
+    prompt_version: int
+    prompt_sha: str
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> VersionKey:
+        """The version key of a record (as read from JSON)."""
+        prompt = record.get("prompt") or {}
+        return cls(
+            record.get("model", ""),
+            record.get("adapter"),
+            record.get("adapter_sha"),
+            prompt.get("name", ""),
+            prompt.get("version", 0),
+            prompt.get("sha", ""),
+        )
+
+    def digest(self) -> str:
+        """A short stable id of this key, for Redis keys and file names."""
+        text = json.dumps(astuple(self), ensure_ascii=False)
+        return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+    def label(self) -> str:
+        """How a person reads it: "model | adapter | prompt name@version"."""
+        return f"{self.model or '?'} | {self.adapter or 'no adapter'} | prompt {self.prompt_name or '?'}@{self.prompt_version}"
+
+
+def version_key(record: dict[str, Any]) -> VersionKey:
+    """`VersionKey.of(record)`."""
+    return VersionKey.of(record)
 
 
 class RecordWriter:
@@ -189,7 +224,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     text = path.read_text(encoding="utf-8", errors="replace")
     complete = text[: text.rfind("\n") + 1]  # an unfinished last write is not a record; the next writer cuts it
     records = []
-    for _number, where, record, problem in json_objects(complete.splitlines(), path):
+    # "\n" only: str.splitlines also splits at U+2028 and other separators a caption may contain.
+    for _number, where, record, problem in json_objects(complete.split("\n"), path):
         if record is not None and "video" in record and "status" in record:
             records.append(record)
         else:
@@ -218,7 +254,7 @@ def json_objects(lines: Iterable[str], path: Path | str) -> Iterator[tuple[int, 
         yield number, where, obj, None
 
 
-def latest_by_video(records: Iterable[dict[str, Any]], key: tuple | None = None) -> dict[str, dict[str, Any]]:
+def latest_by_video(records: Iterable[dict[str, Any]], key: VersionKey | None = None) -> dict[str, dict[str, Any]]:
     """The newest record per video, optionally only among records of one `version_key`."""
     latest: dict[str, dict[str, Any]] = {}
     for record in records:
@@ -262,3 +298,118 @@ def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
     path = out_dir / SUMMARY_FILE
     write_atomic(path, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
     return path
+
+
+# --------------------------------------------------------------------------- the output folder as a dataset
+
+
+def dataset_files(out_dir: Path) -> list[Path]:
+    """The files holding an output folder's records: `captions.jsonl`, finished jobs, visible chunk parts."""
+    files = [out_dir / CAPTIONS_FILE] if (out_dir / CAPTIONS_FILE).is_file() else []
+    parts = out_dir / PARTS_DIR
+    if parts.is_dir():
+        files += sorted(parts.glob("*.jsonl")) + sorted(parts.glob("*/*.jsonl"))
+    return files
+
+
+def output_folder(target: Path) -> Path | None:
+    """The output folder `target` names: the folder itself, or the folder of its `captions.jsonl`."""
+    target = Path(target)
+    if target.is_dir():
+        return target
+    if target.name == CAPTIONS_FILE and (target.parent / PARTS_DIR).is_dir():
+        return target.parent
+    return None
+
+
+def read_output(target: Path) -> list[dict[str, Any]]:
+    """Every record of an output folder (or of one captions file), oldest first.
+
+    `target` is an output folder, its `captions.jsonl` (the folder's part files are read too), or
+    any other captions file (read alone). Records of different files are ordered by `created_at`;
+    within a second, `captions.jsonl` comes first, then the part files by name.
+    """
+    folder = output_folder(target)
+    files = dataset_files(folder) if folder is not None else [Path(target)]
+    records = [record for path in files for record in read_records(path)]
+    if len(files) > 1:
+        records.sort(key=lambda record: record.get("created_at") or "")  # stable: file order within a second
+    return records
+
+
+def ok_videos(records: Iterable[dict[str, Any]], key: VersionKey) -> set[str]:
+    """The videos whose newest record of version `key` is `ok`."""
+    return {video for video, record in latest_by_video(records, key).items() if record["status"] == "ok"}
+
+
+class PartWriter:
+    """Writes one chunk's records to a part file of its own, visible only once `publish`ed.
+
+    Records go to `parts/JOB/CHUNK.TOKEN.tmp`; `publish` renames it to `parts/JOB/CHUNK.jsonl` in
+    one step, so readers see the whole chunk or nothing, and a chunk run twice (a redelivery)
+    replaces its earlier part instead of adding to it. Nothing is appended to a shared file.
+    """
+
+    def __init__(self, out_dir: Path, job_id: str, chunk: int) -> None:
+        folder = out_dir / PARTS_DIR / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{chunk:07d}.jsonl"
+        self._tmp = folder / f"{chunk:07d}.{uuid.uuid4().hex[:8]}.tmp"
+        self._file = self._tmp.open("w", encoding="utf-8")
+        self.records: list[CaptionRecord] = []
+
+    def write(self, record: CaptionRecord) -> None:
+        """Add one record to the chunk (not visible yet)."""
+        self._file.write(record.to_json() + "\n")
+        self._file.flush()  # to the OS: `ls parts/JOB` shows a chunk's progress
+        self.records.append(record)
+
+    def publish(self) -> Path:
+        """Make the chunk's records visible, all at once; return the part's path."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        """Drop the unpublished records (the chunk will run again)."""
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def merge_parts(out_dir: Path, job_id: str) -> int:
+    """Concatenate a finished job's chunk parts into `parts/JOB.jsonl`, once; return its records.
+
+    O(job): bytes are copied, not parsed. Left-over `.tmp` files (chunks whose worker died) go.
+    A kill between the rename and the removal leaves the records twice, which readers resolve
+    (the newest record per video and version wins, and both copies are the same record).
+    """
+    folder = out_dir / PARTS_DIR / job_id
+    merged = out_dir / PARTS_DIR / f"{job_id}.jsonl"
+    if not folder.is_dir():
+        return 0
+    if not any(folder.glob("*.jsonl")):  # a job with nothing new to write
+        shutil.rmtree(folder, ignore_errors=True)
+        return 0
+    lines = 0
+    with tempfile.NamedTemporaryFile("wb", dir=folder.parent, delete=False, suffix=".tmp") as tmp:
+        if merged.exists():  # a job finished twice (its finisher died after merging some)
+            with merged.open("rb") as src:
+                lines += _copy(src, tmp)
+        for part in sorted(folder.glob("*.jsonl")):
+            with part.open("rb") as src:
+                lines += _copy(src, tmp)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.replace(tmp.name, merged)
+    shutil.rmtree(folder, ignore_errors=True)
+    return lines
+
+
+def _copy(src: Any, dst: Any) -> int:
+    lines = 0
+    for block in iter(lambda: src.read(1 << 20), b""):
+        dst.write(block)
+        lines += block.count(b"\n")
+    return lines

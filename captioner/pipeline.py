@@ -8,14 +8,15 @@ ahead of the engine, so the next batch is decoded while the current one is capti
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 from captioner.config import DEMO, Settings
 from captioner.frames import ClipFrames, FrameDecoder, FrameError, FrameSpec
@@ -23,10 +24,10 @@ from captioner.outputs import (
     CAPTIONS_FILE,
     CaptionRecord,
     RecordWriter,
+    VersionKey,
     compact,
-    latest_by_video,
-    read_records,
-    version_key,
+    ok_videos,
+    read_output,
     write_summary,
 )
 from captioner.prompts import PromptError, RenderedPrompt, check_budget, load_prompt, render, tokens_per_frame
@@ -37,6 +38,12 @@ from captioner.tiers import TierProfile, cuda_device, resolve_profile
 log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class RecordSink(Protocol):
+    """Where records go as clips finish: `outputs.RecordWriter` (a run) or `outputs.PartWriter` (a chunk)."""
+
+    def write(self, record: CaptionRecord) -> None: ...
 
 
 class ConfigError(Exception):
@@ -93,9 +100,10 @@ class Plan:
         return FrameSpec(self.frames, self.frame_size, self.settings.keyframe_tolerance)
 
     @property
-    def key(self) -> tuple:
-        """The version key of this plan's records (see `outputs.version_key`)."""
-        return version_key(asdict(self.record("", status="ok", caption="", error=None)))
+    def key(self) -> VersionKey:
+        """The version key of this plan's records."""
+        spec = self.prompt.spec
+        return VersionKey(self.model, self.adapter_name, self.adapter_sha, spec.name, spec.version, spec.digest)
 
 
 def _resolve_model(settings: Settings) -> str:
@@ -407,18 +415,16 @@ def _mtime(path: Path) -> float:
         return 0.0  # gone: settled as far as waiting goes; the frame stage reports it
 
 
-def pending_videos(videos: list[Path], captions: Path, plan: Plan) -> list[Path]:
-    """The videos without an `ok` record for this plan's model, adapter and prompt in `captions`."""
-    done = {
-        video for video, record in latest_by_video(read_records(captions), plan.key).items() if record["status"] == "ok"
-    }
+def pending_videos(videos: list[Path], out_dir: Path, plan: Plan) -> list[Path]:
+    """The videos without an `ok` record for this plan's model, adapter and prompt in `out_dir` (read once)."""
+    done = ok_videos(read_output(out_dir), plan.key)
     return [video for video in videos if video_id(video) not in done]
 
 
 def caption_clips(
     videos: list[Path],
     plan: Plan,
-    writer: RecordWriter,
+    writer: RecordSink,
     decoder: FrameDecoder,
     engine_factory: Callable[[], Any],
     on_record: Callable[[CaptionRecord], None] = lambda record: None,
@@ -493,31 +499,35 @@ def caption_clips(
 
 def caption_videos(
     videos: list[Path],
-    out_dir: Path,
+    writer: RecordSink,
     plan: Plan,
     engine_factory: Callable[[], Any],
     stats: RunStats,
     on_record: Callable[[CaptionRecord], None] = lambda record: None,
     on_batch: Callable[[int], None] = lambda clips: None,
+    decoder: FrameDecoder | None = None,
 ) -> RunStats:
-    """Caption `videos` (already known to need it) into `out_dir/captions.jsonl`; count them in `stats`.
+    """Caption `videos` (already known to need it) into `writer`; count them in `stats`.
 
-    The unit of work of both `run` and a queue worker's chunk. Engine death (vLLM's
-    EngineDeadError) propagates, so the caller can rebuild the engine and try again. `on_batch`
-    hears the size of every batch handed to the engine (also counted in `stats`).
+    The unit of work of both `run` (writing `captions.jsonl`) and a queue worker's chunk (writing
+    a part file). Engine death (vLLM's EngineDeadError) propagates, so the caller can rebuild the
+    engine and try again. `on_batch` hears the size of every batch handed to the engine (also
+    counted in `stats`). `decoder` is a long-lived decoder pool (a worker's); without one, a pool
+    is started for this call.
     """
     if not videos:
         return stats
-    workers = min(plan.profile.decode_workers, len(videos))
 
     def batch(clips: int) -> None:
         stats.add_batch(clips)
         on_batch(clips)
 
-    with FrameDecoder(plan.frame_spec, workers, plan.settings.decode_timeout) as decoder:
-        with RecordWriter(out_dir / CAPTIONS_FILE) as writer:
-            for record, shareable in caption_clips(videos, plan, writer, decoder, engine_factory, on_record, batch):
-                stats.add(record, shareable)
+    with contextlib.ExitStack() as stack:
+        if decoder is None:
+            workers = min(plan.profile.decode_workers, len(videos))
+            decoder = stack.enter_context(FrameDecoder(plan.frame_spec, workers, plan.settings.decode_timeout))
+        for record, shareable in caption_clips(videos, plan, writer, decoder, engine_factory, on_record, batch):
+            stats.add(record, shareable)
     return stats
 
 
@@ -552,7 +562,7 @@ def run(
     if engine is not None:
         check_engine(engine, plan)
     captions = out_dir / CAPTIONS_FILE
-    todo = pending_videos(videos, captions, plan)
+    todo = pending_videos(videos, out_dir, plan)
     stats = RunStats(videos=len(videos), skipped=len(videos) - len(todo), ignored=len(found.ignored))
     on_start(len(todo), stats.skipped)
 
@@ -565,7 +575,8 @@ def run(
         return loaded
 
     if todo:
-        caption_videos(todo, out_dir, plan, engine_factory, stats, on_record)
+        with RecordWriter(captions) as writer:
+            caption_videos(todo, writer, plan, engine_factory, stats, on_record)
         compact(captions)
     summary = stats.summary(plan)
     write_summary(out_dir, summary)

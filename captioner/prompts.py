@@ -2,6 +2,11 @@
 
 Every request renders the system text first and the video after it, so all requests share a
 byte-identical prefix that vLLM's prefix cache computes once.
+
+The repository's `prompts/` is the home of the versioned prompts. A wheel carries a copy of it as
+package data (`captioner/data/prompts`, written by `setup.py` at build time), so an installed
+package needs no checkout. A site may add its own prompts in another folder (`prompts_dir`,
+`CAPTIONER_PROMPTS_DIR`): a name is looked up there first, then among the bundled prompts.
 """
 
 from __future__ import annotations
@@ -15,8 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+_PACKAGED_PROMPTS = Path(__file__).resolve().parent / "data" / "prompts"  # only in a built wheel
+_CHECKOUT_PROMPTS = Path(__file__).resolve().parent.parent / "prompts"  # a checkout or editable install
+# The packaged copy wins: beside an installed package, `../prompts` would be site-packages/prompts,
+# another distribution's if anything. A checkout never holds the copy: the build writes it into the wheel.
+DEFAULT_PROMPTS_DIR = _PACKAGED_PROMPTS if _PACKAGED_PROMPTS.is_dir() else _CHECKOUT_PROMPTS
 VIDEO_TOKEN = "<video>"
+# A prompt reference is a name, optionally pinned to a version: `detailed-ko`, `detailed-ko@2`,
+# `detailed-ko@v2`. The same rule as the service's JobOptions; it keeps a reference from
+# naming a path (`../x`, `/abs/x`, `a/b`), since the name becomes a folder under a prompts dir.
+PROMPT_REF = re.compile(r"[A-Za-z0-9][\w.-]*(?:@v?[0-9]+)?")
 
 
 class PromptError(Exception):
@@ -56,19 +69,30 @@ class RenderedPrompt:
 
 
 def load_prompt(ref: str, prompts_dir: Path = DEFAULT_PROMPTS_DIR) -> PromptSpec:
-    """Load `name` (its highest version) or `name@N` from `prompts_dir/name/vN.toml`."""
+    """Load `name` (its highest version) or `name@N` / `name@vN` from `NAME/vN.toml`.
+
+    The name is looked up in `prompts_dir` first, then among the bundled prompts
+    (`DEFAULT_PROMPTS_DIR`); the first folder that has a `NAME/vN.toml` holds all its versions.
+    Raises `PromptError` for a reference that is not a plain name, or a prompt that is missing or
+    malformed; a missing prompt's message lists what every searched folder offers.
+    """
+    check_prompt_ref(ref)
     name, _, pinned = ref.partition("@")
-    folder = prompts_dir / name
-    versions = {
-        int(m.group(1)): p for p in folder.glob("v*.toml") if (m := re.fullmatch(r"v(\d+)\.toml", p.name))
-    }
+    dirs = _search_dirs(prompts_dir)
+    versions: dict[int, Path] = {}
+    for folder in dirs:
+        versions = _versions(folder / name)
+        if versions:
+            break
     if not versions:
-        available = sorted(p.name for p in prompts_dir.iterdir() if p.is_dir()) if prompts_dir.is_dir() else []
-        raise PromptError(f"prompt {name!r} not found in {prompts_dir} (available: {', '.join(available) or 'none'})")
+        raise PromptError(f"prompt {name!r} not found in " + " nor in ".join(map(_offer, dirs)))
     if pinned:
-        if not pinned.lstrip("v").isdigit() or int(pinned.lstrip("v")) not in versions:
-            raise PromptError(f"prompt {name!r} has no version {pinned!r} (versions: {sorted(versions)})")
         version = int(pinned.lstrip("v"))
+        if version not in versions:
+            raise PromptError(
+                f"prompt {name!r} has no version {pinned!r} (versions: {sorted(versions)} in "
+                f"{versions[max(versions)].parent})"
+            )
     else:
         version = max(versions)
     path = versions[version]
@@ -88,6 +112,44 @@ def load_prompt(ref: str, prompts_dir: Path = DEFAULT_PROMPTS_DIR) -> PromptSpec
         instruction=unicodedata.normalize("NFC", data["instruction"].strip()),
         source=path,
     )
+
+
+def check_prompt_ref(ref: str) -> None:
+    """Raise `PromptError` unless `ref` is a plain prompt name, optionally followed by `@N` or `@vN`."""
+    if not PROMPT_REF.fullmatch(ref) or ".." in ref:
+        raise PromptError(
+            f"prompt {ref!r} is not a prompt name: use a name of letters, digits, '_', '-' and '.' "
+            "starting with a letter or digit, without '..', optionally followed by @N or @vN (e.g. detailed-ko@1)"
+        )
+
+
+def _search_dirs(prompts_dir: Path) -> list[Path]:
+    """The folders a prompt name is looked up in, in order: the site's `prompts_dir`, then the bundled prompts."""
+    if Path(prompts_dir).resolve() == DEFAULT_PROMPTS_DIR:
+        return [DEFAULT_PROMPTS_DIR]
+    return [Path(prompts_dir), DEFAULT_PROMPTS_DIR]
+
+
+def _versions(folder: Path) -> dict[int, Path]:
+    """`{N: folder/vN.toml}` for the versions in `folder`; empty when it holds none (or is missing)."""
+    if not folder.is_dir():
+        return {}
+    return {int(m.group(1)): p for p in folder.glob("v*.toml") if (m := re.fullmatch(r"v(\d+)\.toml", p.name))}
+
+
+def _names(prompts_dir: Path) -> list[str]:
+    """Prompt names in one folder: its subfolders that hold at least one `vN.toml`."""
+    if not prompts_dir.is_dir():
+        return []
+    return sorted(p.name for p in prompts_dir.iterdir() if _versions(p))
+
+
+def _offer(prompts_dir: Path) -> str:
+    """`the ... prompts DIR (available: a, b)` for an error message; says so when the folder is missing."""
+    kind = "bundled" if prompts_dir == DEFAULT_PROMPTS_DIR else "site"
+    if not prompts_dir.is_dir():
+        return f"the {kind} prompts {prompts_dir} (no such folder)"
+    return f"the {kind} prompts {prompts_dir} (available: {', '.join(_names(prompts_dir)) or 'none'})"
 
 
 def render(spec: PromptSpec, tokenizer: Any) -> RenderedPrompt:

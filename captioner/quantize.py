@@ -71,9 +71,16 @@ AWQ_PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 MODULES_NOT_CONVERTED = ["vision_tower", "multi_modal_projector", "lm_head"]
 PROVENANCE_FILE = "captioner-quantize.json"
 
+# The project's own Korean texts: the sample clips' references and the evaluation set's. A wheel
+# carries copies of both (setup.py writes them into captioner/data/calibration); a checkout or an
+# editable install reads the repository's files.
+_PACKAGED_CALIBRATION = Path(__file__).resolve().parent / "data" / "calibration"
 _ROOT = Path(__file__).resolve().parent.parent
-# The project's own Korean texts: the sample clips' references and the evaluation set's.
-DEFAULT_CALIBRATION = (_ROOT / "samples" / "references.jsonl", _ROOT / "eval" / "sample_refs.jsonl")
+DEFAULT_CALIBRATION = (
+    (_PACKAGED_CALIBRATION / "references.jsonl", _PACKAGED_CALIBRATION / "sample_refs.jsonl")
+    if _PACKAGED_CALIBRATION.is_dir()
+    else (_ROOT / "samples" / "references.jsonl", _ROOT / "eval" / "sample_refs.jsonl")
+)
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.safetensors.index.json", "*.bin.index.json")
 _VISION_PREFIX = "model.vision_tower."
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -142,8 +149,13 @@ def quantize(
     _check_out(out, model)
     if dtype not in _DTYPES:
         raise QuantizeError(f"dtype {dtype!r}: choose one of {', '.join(_DTYPES)}")
-    # The project's references ship with the source tree; an installed copy may not have them.
     defaults = [p for p in DEFAULT_CALIBRATION if p.exists()] if use_default_calibration else []
+    if use_default_calibration and len(defaults) < len(DEFAULT_CALIBRATION):
+        # Only a package built without its data gets here; --calibration can still supply the texts.
+        log.warning(
+            "the project's calibration references are missing (%s); calibrating on --calibration only",
+            ", ".join(str(p) for p in DEFAULT_CALIBRATION if not p.exists()),
+        )
     texts = calibration_texts(defaults + [Path(p) for p in calibration])
 
     compat.apply()  # transformers' processors import the CUDA-only torchvision (see compat)
@@ -288,7 +300,9 @@ def dequantize_awq_gemm(qweight: Any, qzeros: Any, scales: Any, group_size: int 
 def calibration_texts(files: Sequence[Path]) -> list[str]:
     """Korean captions from `files`, in order, without duplicates.
 
-    A JSONL file whose records have ``caption`` is read as captions.jsonl (its ``ok`` captions);
+    An output folder (``captions.jsonl`` and/or ``parts/``), or a JSONL file whose records have
+    ``caption``, is read as captions, the way ``captioner eval`` reads them (a folder's
+    ``captions.jsonl`` brings its part files; the last record per video; its ``ok`` captions);
     anything else as references (JSONL ``{"video", "references"}``, CSV, or an AI-Hub label folder).
     Raises `QuantizeError` naming the file when one cannot be read.
     """
@@ -415,7 +429,12 @@ def _check_linear_shapes(language_model: Any, group_size: int, model: Path) -> N
 
 
 def _is_captions(path: Path) -> bool:
-    if path.is_dir() or path.suffix.lower() != ".jsonl":
+    from captioner.outputs import dataset_files, output_folder
+
+    folder = output_folder(path)  # an output folder, or its captions.jsonl beside parts/
+    if folder is not None:
+        return bool(dataset_files(folder))  # a folder of AI-Hub label files has none
+    if path.suffix.lower() != ".jsonl":
         return False
     with path.open(encoding="utf-8-sig", errors="replace") as f:
         for line in f:

@@ -74,3 +74,47 @@ def test_latest_per_version_and_compaction(tmp_path):
         ("/v/a.mp4", 2, "ok"),
         ("/v/b.mp4", 1, "failed"),
     ]
+
+
+def test_part_files_are_invisible_until_published_and_replace_an_earlier_run(tmp_path):
+    from captioner.outputs import PartWriter, merge_parts, read_output
+
+    out = tmp_path / "out"
+    with RecordWriter(out / "captions.jsonl") as writer:
+        writer.write(make("/v/run.mp4", created_at="2026-01-01T00:00:00+00:00"))
+    first = PartWriter(out, "job", 0)
+    first.write(make("/v/a.mp4", caption="first try"))
+    assert [r["video"] for r in read_output(out)] == ["/v/run.mp4"]  # not published: invisible
+    first.discard()  # the chunk failed and will run again
+    again = PartWriter(out, "job", 0)
+    again.write(make("/v/a.mp4"))
+    again.publish()
+    twice = PartWriter(out, "job", 0)  # a redelivery that ran to the end as well: replaces, never adds
+    twice.write(make("/v/a.mp4", caption="다시"))
+    twice.publish()
+    other = PartWriter(out, "job", 1)
+    other.write(make("/v/b.mp4"))
+    other.publish()
+    assert [r["video"] for r in read_output(out)] == ["/v/run.mp4", "/v/a.mp4", "/v/b.mp4"]
+    assert merge_parts(out, "job") == 2
+    assert not (out / "parts" / "job").exists() and (out / "parts" / "job.jsonl").is_file()
+    records = read_output(out)
+    assert [(r["video"], r["caption"]) for r in records][1:] == [("/v/a.mp4", "다시"), ("/v/b.mp4", "산 위로 해가 떠오른다.")]
+    assert read_output(out / "captions.jsonl") == records  # a folder's captions.jsonl names the folder
+
+
+def test_a_caption_with_a_line_separator_is_one_record(tmp_path):
+    path = tmp_path / "captions.jsonl"
+    with RecordWriter(path) as writer:
+        writer.write(make("/v/a.mp4", caption="첫 줄\u2028둘째 줄\u0085셋째"))
+        writer.write(make("/v/b.mp4"))
+    assert [r["caption"] for r in read_records(path)] == ["첫 줄\u2028둘째 줄\u0085셋째", "산 위로 해가 떠오른다."]
+
+
+def test_version_key_is_one_type_with_a_stable_digest():
+    record = json.loads(make("/v/a.mp4").to_json())
+    key = version_key(record)
+    assert key == version_key(json.loads(make("/v/b.mp4").to_json()))
+    assert key.digest() == version_key(record).digest() and len(key.digest()) == 16
+    assert key != version_key({**record, "prompt": {"name": "p", "version": 2, "sha": "x"}})
+    assert key.label() == "m | no adapter | prompt p@1"

@@ -28,6 +28,54 @@ def test_prompt_errors_name_the_problem(tmp_path):
         load_prompt("x", tmp_path)
 
 
+@pytest.mark.parametrize("ref", ["../../x", "/abs/x", "a/b", "..", "x@../1", "x..y", "x/../../y@1", "-x", "x@", "x@v"])
+def test_prompt_references_are_names_not_paths(ref):
+    with pytest.raises(PromptError, match=r"is not a prompt name: .*optionally followed by @N or @vN") as caught:
+        load_prompt(ref)
+    assert repr(ref) in str(caught.value)
+
+
+@pytest.mark.parametrize("ref", ["korean-detailed", "name@2", "name@v2", "site_ko.v1"])
+def test_prompt_names_pass_the_name_rule(ref, tmp_path):
+    name = ref.partition("@")[0]
+    (tmp_path / name).mkdir()
+    for version in (1, 2):
+        (tmp_path / name / f"v{version}.toml").write_text(
+            f'version = {version}\nsystem = "s{version}"\ninstruction = "i"\n', encoding="utf-8"
+        )
+    spec = load_prompt(ref, tmp_path)
+    assert (spec.name, spec.version, spec.system) == (name, 2, "s2")
+
+
+def _write_prompt(folder, name, version, system):
+    (folder / name).mkdir(parents=True, exist_ok=True)
+    (folder / name / f"v{version}.toml").write_text(
+        f'version = {version}\nsystem = "{system}"\ninstruction = "묘사해주세요."\n', encoding="utf-8"
+    )
+
+
+def test_site_prompts_come_first_then_the_bundled_ones(tmp_path):
+    site = tmp_path / "site"
+    _write_prompt(site, "site-ko", 1, "현장 프롬프트")
+    assert load_prompt("site-ko", site).source == site / "site-ko" / "v1.toml"
+    bundled = load_prompt("detailed-ko", site)  # not in the site folder: the bundled one
+    assert bundled.source.parent == DEFAULT_PROMPTS_DIR / "detailed-ko"
+    assert bundled.identity() == load_prompt("detailed-ko").identity()
+    # A site folder of the same name replaces the bundled prompt, all its versions.
+    _write_prompt(site, "detailed-ko", 7, "현장판")
+    assert (load_prompt("detailed-ko", site).version, load_prompt("detailed-ko", site).system) == (7, "현장판")
+    with pytest.raises(PromptError, match=r"no version '1' \(versions: \[7\]"):
+        load_prompt("detailed-ko@1", site)
+    with pytest.raises(PromptError) as missing:
+        load_prompt("nope", site)
+    assert str(missing.value) == (
+        f"prompt 'nope' not found in the site prompts {site} (available: detailed-ko, site-ko) "
+        f"nor in the bundled prompts {DEFAULT_PROMPTS_DIR} (available: detailed-ko)"
+    )
+    with pytest.raises(PromptError, match=r"site prompts .*/absent \(no such folder\) nor in the bundled prompts"):
+        load_prompt("nope", tmp_path / "absent")
+
+
 def test_tokens_per_frame_matches_the_real_model():
     real = SimpleNamespace(vision_config=SimpleNamespace(image_size=336, patch_size=14), spatial_pool_stride=2)
     assert tokens_per_frame(real) == 144

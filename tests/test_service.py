@@ -24,10 +24,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from captioner.config import Settings
-from captioner.outputs import read_records
+from captioner.outputs import dataset_files, read_output, read_records
 from captioner.service import (
-    CHUNK_TASK,
-    NIGHTLY_TASK,
     JobNotFound,
     JobStore,
     SubmitError,
@@ -38,13 +36,15 @@ from captioner.service import (
     status,
     submit,
 )
+from captioner.service.celery_app import CHUNK_TASK, NIGHTLY_TASK
 from captioner.sources import video_id
 from captioner.synth import write_clip, write_clips
 from tests.compose import captioner_args, healthcheck_args, with_option
 
 CLI = [sys.executable, "-m", "captioner.cli"]
 CHUNK = 2  # videos per chunk in these tests
-VISIBILITY = 45  # s before a vanished worker's chunk is redelivered (production: an hour)
+VISIBILITY = 900  # s before Celery redelivers a vanished worker's chunk (production: an hour): heartbeats come first
+DEAD_AFTER = 8  # s of silence before a worker counts as dead (production: 90)
 HOST = socket.gethostname()
 
 
@@ -141,9 +141,14 @@ def wait_job(store: JobStore, job_id: str, timeout: float = 180, states=("done",
         time.sleep(0.3)
 
 
+def queued(client: redis.Redis, queue: str = "captioner") -> int:
+    """Messages waiting in `queue`, over kombu's per-priority lists (NAME, NAME\x06\x16N)."""
+    return sum(client.llen(key) for key in [queue] + [f"{queue}\x06\x16{n}" for n in range(1, 10)])
+
+
 def one_record_each(out: Path, videos: list[Path]) -> dict[str, dict]:
-    """Assert every line of captions.jsonl is a whole JSON record and each video has exactly one."""
-    lines = (out / "captions.jsonl").read_text(encoding="utf-8").splitlines()
+    """Assert every line of the output folder's files is a whole JSON record and each video has exactly one."""
+    lines = [line for path in dataset_files(out) for line in path.read_text(encoding="utf-8").splitlines()]
     records = [json.loads(line) for line in lines]  # a corrupt (interleaved) line fails here
     counts = Counter(r["video"] for r in records)
     assert counts == Counter(video_id(v) for v in videos), counts
@@ -192,6 +197,8 @@ def worker_env(home: Path, server: RedisServer, root: Path) -> dict[str, str]:
         CAPTIONER_SAMPLING="deterministic",
         CAPTIONER_CHUNK_SIZE=str(CHUNK),
         CAPTIONER_VISIBILITY_TIMEOUT=str(VISIBILITY),
+        CAPTIONER_DEAD_AFTER_S=str(DEAD_AFTER),
+        CAPTIONER_HEARTBEAT_S="1",
         CAPTIONER_JOB_TTL="600",
         CAPTIONER_NIGHTLY_FOLDERS=f"{root}/watched:{root}/watched-missing",
         CAPTIONER_NIGHTLY_OUT=f"{root}/nightly-out",
@@ -266,7 +273,7 @@ def test_settings_from_environment_and_config_file(tmp_path, monkeypatch):
 
 
 def test_celery_app_is_json_only_late_acking_and_schedules_the_nightly_job():
-    from workers.app import celery_config
+    from workers.app import celery_config  # the deployment entry point builds the library's app
 
     settings = Settings(
         broker_url="rediss://:pw@redis.example:6380/0", nightly_folders=[Path("/srv/captioner/in")],
@@ -276,7 +283,8 @@ def test_celery_app_is_json_only_late_acking_and_schedules_the_nightly_job():
     assert config["accept_content"] == ["json"] and config["task_serializer"] == "json"
     assert config["result_accept_content"] == ["json"]
     assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
-    assert config["worker_prefetch_multiplier"] == 1 and config["worker_pool"] == "solo"
+    assert config["worker_prefetch_multiplier"] == 1 and config["worker_pool"] == "threads"
+    assert config["worker_concurrency"] == settings.chunks_in_flight == 2  # the next chunk decodes meanwhile
     assert config["broker_transport_options"]["visibility_timeout"] == 7200
     assert config["result_expires"] == 1234
     # kombu would otherwise connect to a rediss:// broker without checking the certificate.
@@ -305,7 +313,7 @@ def _compact_repeatedly(path: Path, times: int) -> None:
 
 
 def test_compaction_while_workers_append_loses_no_record(tmp_path):
-    """The job's finisher compacts captions.jsonl while other workers may still append to it."""
+    """`captioner run` compacts captions.jsonl while other runs may still append to it."""
     import multiprocessing
 
     from captioner.outputs import CaptionRecord, RecordWriter
@@ -339,7 +347,7 @@ def test_rejected_paths_queue_nothing(svc_settings, store, root, tmp_path):
     sneaky.mkdir()
     (sneaky / "clip.mp4").symlink_to(next(outside.glob("*.mp4")))
     (root / "empty").mkdir()
-    before = (store.redis.keys("captioner:job:*"), store.redis.llen("captioner"))
+    before = (store.redis.keys("captioner:job:*"), queued(store.redis))
     cases = [
         (outside, root / "out", "outside the allowed roots"),
         (root / "good" / ".." / ".." / outside.name, root / "out", "'..' is not allowed"),
@@ -352,7 +360,7 @@ def test_rejected_paths_queue_nothing(svc_settings, store, root, tmp_path):
     for folder, out, message in cases:
         with pytest.raises(SubmitError, match=message):
             submit([folder], out, svc_settings)
-    assert (store.redis.keys("captioner:job:*"), store.redis.llen("captioner")) == before
+    assert (store.redis.keys("captioner:job:*"), queued(store.redis)) == before
 
 
 def test_cli_rejects_an_unreadable_folder_and_an_unreachable_redis(server, root, worker_env):
@@ -368,7 +376,7 @@ def test_cli_rejects_an_unreadable_folder_and_an_unreachable_redis(server, root,
         locked.chmod(0o755)
     assert result.returncode == 2, result.stderr
     assert f"{locked}: folder is not readable" in result.stderr
-    assert redis.Redis(port=server.port).llen("captioner") == 0
+    assert queued(redis.Redis(port=server.port)) == 0
 
     dead = f"redis://127.0.0.1:{_free_port()}/0"
     started = time.monotonic()
@@ -412,7 +420,7 @@ def test_engine_death_rebuilds_the_engine_and_retries_then_records_failed(
     from captioner import compat
 
     compat.apply()
-    import workers.tasks as tasks
+    import captioner.service.tasks as tasks
 
     settings = svc_settings.model_copy(update=dict(queue=f"engine-test-{deaths}"))  # no worker reads it
     folder = root / f"engine-{deaths}"
@@ -427,12 +435,16 @@ def test_engine_death_rebuilds_the_engine_and_retries_then_records_failed(
         return _FakeEngine(plan, dies=len(loads) <= deaths)
 
     runtime.load = load
+    runtime.start_heartbeat()  # else the real workers would take this chunk as a dead worker's
     task = tasks.caption_chunk
     assert task.retry_backoff and task.max_retries == 3 and task.acks_late
     # apply() runs the task here, and its retries too (without the backoff's wait).
-    task.apply(
-        args=[job_id, 0, [str(v) for v in videos], str(out), job_options(settings).model_dump(exclude_none=True)]
-    )
+    try:
+        task.apply(
+            args=[job_id, 0, [str(v) for v in videos], str(out), job_options(settings).model_dump(exclude_none=True)]
+        )
+    finally:
+        runtime.close()
     final = status(store, job_id)
     records = one_record_each(out, videos)
     assert final["state"] == "done" and final[expect] == 2 and final["pending"] == 0
@@ -498,8 +510,33 @@ def test_two_workers_share_one_job(workers, svc_settings, store, root):
     assert log.count(f"job {job_id} chunk") == 3 and "videos/s" in log and "output tokens/s" in log
 
 
+def test_a_chunk_longer_than_the_dead_time_is_not_sent_again(workers, svc_settings, store, root):
+    folder = root / "slow"
+    videos = clips(folder, 8)
+    out = root / "slow-out"
+    job_id = submit([folder], out, svc_settings.model_copy(update=dict(chunk_size=8)))
+    final = wait_job(store, job_id)
+    assert final["state"] == "done" and final["ok"] == 8
+    assert final["timings"]["busy_s"] > DEAD_AFTER  # the point of the test: one chunk outlived the dead time
+    assert sum(final["workers"].values()) == 1
+    assert "chunk sent again" not in "".join(w.log.read_text() for w in workers)
+    one_record_each(out, videos)
+
+
+def test_two_jobs_on_one_output_folder_caption_each_video_once(workers, svc_settings, store, root):
+    folder = root / "twice"
+    videos = clips(folder, 6)
+    out = root / "twice-out"
+    first = submit([folder], out, svc_settings)
+    second = submit([folder], out, svc_settings)
+    finals = [wait_job(store, first), wait_job(store, second)]
+    assert all(f["state"] == "done" and f["videos"] == 6 and f["failed"] == 0 for f in finals), finals
+    assert sum(f["ok"] for f in finals) == 6 and sum(f["skipped"] for f in finals) == 6  # claimed, not captioned twice
+    one_record_each(out, videos)
+
+
 def test_workers_serve_prometheus_metrics(workers, worker_env, svc_settings, store, root):
-    from workers.app import app_for
+    from captioner.service.celery_app import app_for
 
     def scrape() -> list[dict[str, float]]:
         return [worker.metrics() for worker in workers]
@@ -538,9 +575,9 @@ def test_workers_serve_prometheus_metrics(workers, worker_env, svc_settings, sto
         # could still take a chunk. Let those run out first.
         time.sleep(2.5)
         job_id = submit([folder], out, svc_settings)
-        queued = scrape()
-        assert [s['captioner_queue_depth{queue="captioner"}'] for s in queued] == [2, 2]
-        assert store.redis.llen(svc_settings.queue) == 2
+        waiting = scrape()
+        assert [s['captioner_queue_depth{queue="captioner"}'] for s in waiting] == [2, 2]
+        assert queued(store.redis, svc_settings.queue) == 2
     finally:  # the later tests need consuming workers, whatever happened here
         assert len(control.add_consumer(svc_settings.queue, destination=names, reply=True, timeout=10)) == 2
     final = wait_job(store, job_id)
@@ -572,16 +609,16 @@ def test_workers_serve_prometheus_metrics(workers, worker_env, svc_settings, sto
 
 def test_resubmitting_a_finished_folder_does_no_work(workers, svc_settings, store, root):
     out = root / "shared-out"
-    before = (out / "captions.jsonl").read_bytes()
+    before = {path: path.read_bytes() for path in dataset_files(out)}
     job_id = submit([root / "shared"], out, svc_settings)
     final = wait_job(store, job_id)
     assert (final["state"], final["videos"], final["skipped"], final["ok"], final["failed"]) == ("done", 6, 6, 0, 0)
     assert final["output_tokens"] == 0
-    assert (out / "captions.jsonl").read_bytes() == before  # not one record more or rewritten
+    assert {path: path.read_bytes() for path in dataset_files(out)} == before  # not one record more or rewritten
 
 
 def test_workers_refuse_pickle_and_paths_outside_their_roots(workers, svc_settings, store, root, tmp_path):
-    from workers.app import app_for
+    from captioner.service.celery_app import app_for
 
     app = app_for(svc_settings)
     app.send_task(CHUNK_TASK, args=["pickled-job", 0, [], str(root / "x"), {}], serializer="pickle")
@@ -595,13 +632,21 @@ def test_workers_refuse_pickle_and_paths_outside_their_roots(workers, svc_settin
     job_id = enqueue(store, anywhere, [outside[0].parent], root / "smuggled-out", outside, job_options(anywhere))
     final = wait_job(store, job_id)
     assert (final["state"], final["failed"]) == ("done", 1)
-    [record] = read_records(root / "smuggled-out" / "captions.jsonl")
+    [record] = read_output(root / "smuggled-out")
     assert "outside the allowed roots" in record["error"]
     job_id = enqueue(store, anywhere, [root / "shared"], tmp_path / "out", [root / "shared" / "x.mp4"],
                      job_options(anywhere))  # fmt: skip
     final = wait_job(store, job_id)
     assert final["state"] == "failed" and "outside the allowed roots" in final["error"]
     assert not (tmp_path / "out").exists()
+    # A prompt is a name, never a path a message could point anywhere on the worker.
+    quiet = svc_settings.model_copy(update=dict(queue="nobody-reads"))
+    video = str(root / "shared" / "clip.mp4")
+    job_id = enqueue(store, quiet, [root / "shared"], root / "prompt-out", [Path(video)], job_options(quiet))
+    app.send_task(CHUNK_TASK, args=[job_id, 0, [video], str(root / "prompt-out"), {"prompt": "../../etc/x@1"}],
+                  queue="captioner")  # fmt: skip
+    final = wait_job(store, job_id)
+    assert final["state"] == "failed" and "is not a prompt name" in final["error"], final
 
 
 def test_status_shows_progress_and_cancel_stops_the_job(workers, svc_settings, store, root):
@@ -617,21 +662,21 @@ def test_status_shows_progress_and_cancel_stops_the_job(workers, svc_settings, s
     after = cancel(store, job_id)
     assert after["state"] == "cancelled"
     deadline = time.monotonic() + 60
-    while status(store, job_id)["active"] or store.redis.llen("captioner"):  # running chunks stop, queued ones go
+    while status(store, job_id)["active"] or queued(store.redis):  # running chunks stop, queued ones go
         assert time.monotonic() < deadline, status(store, job_id)
         time.sleep(0.3)
     time.sleep(2)
-    done = len(read_records(out / "captions.jsonl"))
+    done = len(read_output(out))
     assert 1 <= done < len(videos)
     time.sleep(3)
-    assert len(read_records(out / "captions.jsonl")) == done  # nothing more is captioned
+    assert len(read_output(out)) == done  # nothing more is captioned
     assert status(store, job_id)["state"] == "cancelled"
     with pytest.raises(JobNotFound):
         status(store, "no-such-job")
 
 
 def test_nightly_job_captions_only_new_videos_and_writes_a_dated_summary(workers, svc_settings, store, root):
-    from workers.app import app_for
+    from captioner.service.celery_app import app_for
 
     watched = root / "watched"
     first = clips(watched, 3)
@@ -676,34 +721,40 @@ def test_beat_sends_the_nightly_task_on_its_crontab(beat, server):
     assert message["content-type"] == "application/json"
 
 
-def test_sigkill_mid_chunk_loses_nothing(workers, svc_settings, store, root, worker_env):
+def test_sigkill_mid_chunk_is_sent_on_by_heartbeats(workers, svc_settings, store, root, worker_env):
+    """A SIGKILLed worker's chunks go to another worker once its heartbeat has been silent for
+    DEAD_AFTER s, long before Celery's visibility timeout; every video ends with exactly one record."""
     folder = root / "killed"
     videos = clips(folder, 6)
     out = root / "killed-out"
     job_id = submit([folder], out, svc_settings.model_copy(update=dict(chunk_size=3)))
-    victim = workers[0]
+    victim, survivor = workers
     deadline = time.monotonic() + 120
-    while True:  # wait until the victim is half-way through a chunk
+    while True:  # wait until the victim is half-way through a chunk (records written, not yet visible)
         current = status(store, job_id)
-        index = current["active"].get(victim.name)
-        if index is not None:
-            mine = {str(v) for v in videos[index * 3 : index * 3 + 3]}
-            written = [r for r in read_records(out / "captions.jsonl") if r["video"] in mine]
-            if 1 <= len(written) < 3:
-                break
+        held = [int(index) for index, host in current["active"].items() if host == victim.name]
+        partial = [
+            tmp for index in held for tmp in (out / "parts" / job_id).glob(f"{index:07d}.*.tmp")
+            if 1 <= len(tmp.read_text(encoding="utf-8").splitlines()) < 3
+        ]
+        if partial:
+            break
         assert time.monotonic() < deadline, current
         time.sleep(0.1)
     victim.kill()
     victim.stop()  # its orphaned decoder processes
-    # Restarted (as a supervisor would) while the chunk waits out the visibility timeout.
-    workers[0] = Worker("w1", worker_env, victim.log.parent, victim.metrics_port)
+    killed = time.monotonic()
     assert status(store, job_id)["pending"] > 0  # the job's state outlived its worker
-    final = wait_job(store, job_id, timeout=240)
+    final = wait_job(store, job_id, timeout=120)
+    recovered_s = time.monotonic() - killed
     assert final["state"] == "done" and (final["ok"], final["failed"], final["pending"]) == (6, 0, 0), final
-    records = one_record_each(out, videos)
-    for record in written:  # captioned before the kill: kept, not captioned again
-        assert records[record["video"]] == record
-    assert sum(final["workers"].values()) == 2  # both chunks finished once, the victim's by another process
+    one_record_each(out, videos)
+    assert not list((out / "parts").glob(f"{job_id}/*"))  # merged into parts/JOB.jsonl, leftovers gone
+    assert sum(final["workers"].values()) == 2 and final["workers"].get(survivor.name, 0) >= 1
+    assert "stopped beating; chunk sent again" in survivor.log.read_text()
+    assert recovered_s < VISIBILITY / 4  # heartbeats, not the broker's visibility timeout
+    # Restarted, as a supervisor would, for the tests that follow.
+    workers[0] = Worker("w1", worker_env, victim.log.parent, victim.metrics_port)
     workers[0].wait_ready()
 
 
@@ -718,9 +769,9 @@ def test_redis_restart_during_a_job_loses_nothing(workers, svc_settings, store, 
     while status(store, job_id)["ok"] < 1:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    queued = store.redis.llen("captioner")
+    waiting = queued(store.redis)
     server.stop()
-    assert queued >= 1  # chunks were waiting in the queue when Redis went down
+    assert waiting >= 1  # chunks were waiting in the queue when Redis went down
     result = subprocess.run([*CLI, "submit", str(folder), "--out", str(out)], env=worker_env,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2 and "cannot reach Redis" in result.stderr

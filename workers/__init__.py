@@ -1,1 +1,1 @@
-"""Celery side of the captioning service: the app (`workers.app`) and its thin tasks (`workers.tasks`)."""
+"""Deployment entry point of the service: `celery -A workers.app ...` (see `workers.app`)."""

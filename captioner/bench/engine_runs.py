@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from captioner.outputs import CAPTIONS_FILE, RecordWriter
 from captioner.pipeline import Plan, RunStats, caption_videos, engine_concurrency, load_engine, make_plan
 
 
@@ -72,7 +73,8 @@ class _RssSampler:
 
 def _end_to_end(plan: Plan, engine: Any, clips: list[Path], out_dir: Path) -> RunStats:
     stats = RunStats(videos=len(clips))
-    caption_videos(clips, out_dir, plan, lambda: engine, stats)
+    with RecordWriter(out_dir / CAPTIONS_FILE) as writer:
+        caption_videos(clips, writer, plan, lambda: engine, stats)
     return stats
 
 

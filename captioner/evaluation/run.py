@@ -4,11 +4,17 @@ Scores the caption records written by ``captioner run`` against reference captio
 with Korean-morpheme METEOR (plus BLEU-4, ROUGE-L, CIDEr-D and mode-collapse guards)
 and writes ``metrics.json``, ``per_video.csv`` and a self-contained ``report.html``.
 
-Record selection: a captions file may hold several records per video (a failed try and
-a later success, or several model / adapter / prompt versions). The *last* record per
-video stem is evaluated; every version seen in the file, and the versions of the
-records that were evaluated, are listed in the report, with a warning when the
-evaluated records mix versions.
+CAPTIONS is an output folder (its ``captions.jsonl`` and the part files queue workers
+write, read as one dataset as `captioner.outputs.read_output` reads it), that folder's
+``captions.jsonl`` (the part files are read too), or any other captions file (read alone).
+Unlike ``read_output``, which logs and skips a bad line, every malformed record is an
+error naming its file and line (exit status 2).
+
+Record selection: the records may hold several per video (a failed try and a later
+success, or several model / adapter / prompt versions). The *last* record per video stem
+is evaluated (oldest first: by ``created_at`` across files, file order within a second);
+every version seen, and the versions of the records that were evaluated, are listed in
+the report, with a warning when the evaluated records mix versions.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import pandas as pd
 from captioner.evaluation import scores
 from captioner.evaluation.morphemes import Tokens, get_tokenizer, normalize_text
 from captioner.evaluation.references import InputError, ReferenceSet, load_references, name_stem
-from captioner.outputs import json_objects
+from captioner.outputs import CAPTIONS_FILE, PARTS_DIR, VersionKey, dataset_files, json_objects, output_folder
 from captioner.sources import record_path, video_id
 
 OPENING_WORDS = 2
@@ -42,7 +48,7 @@ EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
 
 
 @dataclass
-class CaptionRecord:
+class EvaluatedClip:
     """The evaluated (last) record of one video."""
 
     stem: str
@@ -52,15 +58,16 @@ class CaptionRecord:
     caption: str
     error: str | None
     version: str
-    line: int
+    line: int  # line in `where`'s file
+    where: str = ""  # "file:line" of the record
 
 
 @dataclass
 class CaptionSet:
-    """Caption records of one ``captions.jsonl``, last record per video stem."""
+    """Caption records of an output folder or captions file, last record per video stem."""
 
     path: Path
-    clips: dict[str, CaptionRecord]
+    clips: dict[str, EvaluatedClip]
     records: int
     versions_all: Counter
     warnings: list[str] = field(default_factory=list)
@@ -71,55 +78,104 @@ class CaptionSet:
         return Counter(r.version for r in self.clips.values())
 
 
-def _version_label(record: dict) -> str:
-    prompt = record.get("prompt")
-    if isinstance(prompt, dict):
-        prompt = f"{prompt.get('name', '?')}@{prompt.get('version', '?')}"
-    adapter = record.get("adapter") or "no adapter"
-    return f"{record.get('model') or '?'} | {adapter} | prompt {prompt or '?'}"
+def caption_files(target: Path) -> list[Path]:
+    """The files `outputs.read_output` reads for `target`, or an InputError saying why there are none.
+
+    An output folder, or its ``captions.jsonl``, means the folder's ``captions.jsonl`` and its part
+    files (``parts/*.jsonl``, ``parts/*/*.jsonl``); any other file is read alone.
+    """
+    target = Path(target)
+    folder = output_folder(target)
+    if folder is None:
+        if not target.exists():
+            raise InputError([f"{target}: captions file not found"])
+        return [target]
+    files = dataset_files(folder)
+    if not files:
+        raise InputError([f"{folder}: no caption records (no {CAPTIONS_FILE}, no {PARTS_DIR}/*.jsonl)"])
+    return files
 
 
-def load_captions(path: Path) -> CaptionSet:
-    """Read ``captions.jsonl`` records; the last record per video stem wins.
+def _record_problem(rec: dict[str, Any], where: str) -> str | None:
+    """Why a JSON object is not a usable caption record, or None."""
+    video, status, caption = rec.get("video"), rec.get("status"), rec.get("caption")
+    if not isinstance(video, str) or not video.strip():
+        return f'{where}: missing "video" path'
+    if not isinstance(status, str) or not status:
+        return f'{where}: missing "status" ("ok" or "failed")'
+    if not isinstance(caption, str) and not (caption is None and status == "failed"):
+        return f'{where}: "caption" must be a string'
+    if rec.get("prompt") is not None and not isinstance(rec["prompt"], dict):
+        return f'{where}: "prompt" must be an object ({{"name", "version", "sha"}})'
+    if rec.get("created_at") is not None and not isinstance(rec["created_at"], str):
+        return f'{where}: "created_at" must be an ISO time string'
+    try:
+        record_path(rec)
+    except (TypeError, ValueError):  # binascii.Error is a ValueError
+        return f'{where}: "video_raw" must be the base64 of the path\'s bytes'
+    return None
+
+
+def read_caption_records(target: Path) -> list[tuple[dict[str, Any], int, str]]:
+    """Every record of an output folder or captions file, strictly: ``(record, line, "file:line")``.
+
+    The same files and the same order as `captioner.outputs.read_output` (oldest first: by
+    ``created_at`` across files, file order within a second), parsed by the same
+    `captioner.outputs.json_objects`; but where ``read_output`` logs and skips a bad line, this
+    raises :class:`InputError` naming the file and line of every malformed record.
+    """
+    files = caption_files(target)
+    problems: list[str] = []
+    records: list[tuple[dict[str, Any], int, str]] = []
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            problems.append(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+            continue
+        except OSError as exc:
+            problems.append(f"{path}: cannot read ({exc.strerror or exc})")
+            continue
+        # "\n" only: str.splitlines would also split inside captions holding U+2028, U+0085, ...
+        for lineno, where, rec, problem in json_objects(text.split("\n"), path):
+            problem = problem or _record_problem(rec, where)
+            if problem:
+                problems.append(problem)
+            else:
+                records.append((rec, lineno, where))
+    if problems:
+        raise InputError(problems)
+    if len(files) > 1:
+        records.sort(key=lambda item: item[0].get("created_at") or "")  # stable, as read_output
+    return records
+
+
+def version_names(keys: list[VersionKey]) -> dict[VersionKey, str]:
+    """How each version is named in reports: its label, plus its digest when another version shares the label."""
+    labels = Counter(key.label() for key in set(keys))
+    return {key: key.label() + (f" [{key.digest()}]" if labels[key.label()] > 1 else "") for key in keys}
+
+
+def load_captions(target: Path) -> CaptionSet:
+    """Read the caption records of an output folder or captions file; the last record per video stem wins.
 
     Raises :class:`InputError` naming the file and line of every malformed record.
     """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except FileNotFoundError:
-        raise InputError([f"{path}: captions file not found"]) from None
-    except UnicodeDecodeError as exc:
-        raise InputError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
-    problems: list[str] = []
-    clips: dict[str, CaptionRecord] = {}
+    target = Path(target)
+    records = read_caption_records(target)
+    names = version_names([VersionKey.of(rec) for rec, _, _ in records])
+    clips: dict[str, EvaluatedClip] = {}
     paths_seen: dict[str, set[str]] = {}
     versions: Counter = Counter()
-    count = 0
-    for lineno, where, rec, problem in json_objects(lines, path):
-        if rec is None:
-            problems.append(problem)
-            continue
-        video, status, caption = rec.get("video"), rec.get("status"), rec.get("caption")
-        if not isinstance(video, str) or not video.strip():
-            problems.append(f'{where}: missing "video" path')
-            continue
-        if not isinstance(status, str) or not status:
-            problems.append(f'{where}: missing "status" ("ok" or "failed")')
-            continue
-        if caption is None and status == "failed":
-            caption = ""
-        if not isinstance(caption, str):
-            problems.append(f'{where}: "caption" must be a string')
-            continue
-        count += 1
+    for rec, lineno, where in records:
+        video, status, caption = rec["video"], rec["status"], rec.get("caption") or ""
         # The stem of the real file name: a name shown with \\xNN escapes must not split at them.
         stem = name_stem(video_id(record_path(rec).name))
-        version = _version_label(rec)
+        version = names[VersionKey.of(rec)]
         versions[version] += 1
         paths_seen.setdefault(stem, set()).add(video)
         error = rec.get("error")
-        clips[stem] = CaptionRecord(
+        clips[stem] = EvaluatedClip(
             stem=stem,
             video=video,
             status=status,
@@ -128,18 +184,23 @@ def load_captions(path: Path) -> CaptionSet:
             error=None if error is None else str(error),
             version=version,
             line=lineno,
+            where=where,
         )
-    if problems:
-        raise InputError(problems)
     if not clips:
-        raise InputError([f"{path}: no caption records"])
+        raise InputError([f"{target}: no caption records"])
     warnings = [
-        f"{path}: {len(p)} different videos share the name {stem!r} ({', '.join(sorted(p)[:3])}); "
+        f"{target}: {len(p)} different videos share the name {stem!r} ({', '.join(sorted(p)[:3])}); "
         "videos are matched by file name, so only the last record is evaluated"
         for stem, p in sorted(paths_seen.items())
         if len(p) > 1
     ]
-    return CaptionSet(path=path, clips=clips, records=count, versions_all=versions, warnings=warnings)
+    return CaptionSet(
+        path=target,
+        clips=clips,
+        records=len(records),
+        versions_all=versions,
+        warnings=warnings,
+    )
 
 
 @dataclass
@@ -152,7 +213,7 @@ class RunResult:
     summary: dict[str, Any]
 
 
-def _clip_status(record: CaptionRecord | None, has_ref: bool) -> str:
+def _clip_status(record: EvaluatedClip | None, has_ref: bool) -> str:
     if not has_ref:
         return "no_reference"
     if record is None:

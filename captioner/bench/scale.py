@@ -1,0 +1,401 @@
+"""`captioner bench-service`: the service at fleet scale, on one machine.
+
+A job of `videos` files (hard links to one small clip, in folders of 1,000) goes through a real
+Redis server and real Celery worker processes. The workers run the service's real code with a
+stand-in engine and decoder (`captioner.bench.standins`, named in the output), so the figures are
+the service's own costs: submitting, per-chunk bookkeeping as the output grows, Redis memory,
+finishing the job, `status`, and handing a SIGKILLed worker's chunks to another worker with the
+default heartbeat settings. Beside it, with the real engine on the same clips: the queue path's
+throughput against `captioner run`'s, with chunks of 4 and the default chunk size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import redis
+
+from captioner.config import Settings
+from captioner.outputs import PARTS_DIR, read_output
+
+CLI = [sys.executable, "-m", "captioner.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Redis:
+    """A redis-server of the benchmark's own (nothing else in it, so its memory is the job's)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(folder)],
+            stdout=(folder / "redis.log").open("w"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.client = redis.Redis(port=self.port, decode_responses=True)
+        for _ in range(100):
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+
+    def used(self) -> int:
+        return int(self.client.info("memory")["used_memory"])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+class _Workers:
+    """Worker processes (each its own process group), started with `command`."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env, self.logs = env, logs
+        self.procs: dict[str, subprocess.Popen] = {}
+        logs.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
+        self.procs[name] = subprocess.Popen(
+            command, env=dict(self.env, **(env or {})), start_new_session=True,
+            stdout=(self.logs / f"{name.split('@')[0]}.log").open("a"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            self.kill(name)
+
+
+def _wait_alive(client: redis.Redis, count: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while len(client.keys("captioner:alive:*")) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"workers not up after {timeout:g} s")
+        time.sleep(0.5)
+
+
+def make_links(source: Path, folder: Path, count: int, per_folder: int = 1000) -> float:
+    """`count` hard links to `source` under `folder` (`per_folder` a folder); return the seconds."""
+    started = time.perf_counter()
+    made = len(list(folder.glob("*/*.mp4"))) if folder.exists() else 0
+    for index in range(made, count):
+        sub = folder / f"{index // per_folder:05d}"
+        if index % per_folder == 0 or index == made:
+            sub.mkdir(parents=True, exist_ok=True)
+        os.link(source, sub / f"clip_{index:07d}.mp4")
+    return time.perf_counter() - started
+
+
+def _source_clip(work: Path) -> Path:
+    from captioner.synth import write_clip
+
+    clip = work / "source.mp4"
+    if not clip.exists():
+        write_clip(clip, "city", seconds=1, fps=10, width=128, height=72)
+    old = time.time() - 3600  # long settled: every link shares this inode's time
+    os.utime(clip, (old, old))
+    return clip
+
+
+def _wait_done(store: Any, job_id: str, timeout: float, latencies: list[float] | None = None) -> dict[str, Any]:
+    from captioner.service import status
+
+    deadline = time.monotonic() + timeout
+    while True:
+        started = time.perf_counter()
+        current = status(store, job_id)
+        if latencies is not None:
+            latencies.append(time.perf_counter() - started)
+        if current["state"] in ("done", "cancelled", "failed"):
+            return current
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"job {job_id} not done after {timeout:g} s: {current}")
+        time.sleep(1.0)
+
+
+def run_scale(
+    settings: Settings, work: Path, videos: int, chunk: int, log: Callable[..., None] = print
+) -> dict[str, Any]:
+    """The stand-in measurements (see the module docstring); `work` holds links, outputs and logs."""
+    from captioner.service import JobStore, chunk_size, submit
+
+    work = work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    source = _source_clip(work)
+    links_s = make_links(source, work / "videos", videos)
+    log(f"{videos:,} hard links ready ({links_s:.1f} s)")
+    server = _Redis(work / "redis")
+    result: dict[str, Any] = {"videos": videos, "chunk_size": chunk, "stand_ins": _stand_in_names()}
+    env = _env(settings, server.url, work, queue="scale")
+    workers = _Workers(env, work / "logs")
+    try:
+        base = settings.model_copy(update=dict(broker_url=server.url, allowed_roots=[work], queue="scale",
+                                               chunk_size=chunk, settle_seconds=0))  # fmt: skip
+        store = JobStore.connect(base)
+        for i in (1, 2):
+            workers.start(f"scale-w{i}@%h", [sys.executable, "-m", "captioner.bench.standins", "worker",
+                                             f"scale-w{i}@%h"])  # fmt: skip
+        _wait_alive(server.client, 2)
+        empty = server.used()
+        out = work / "out"
+        shutil.rmtree(out, ignore_errors=True)
+        started = time.perf_counter()
+        job_id = submit([work / "videos"], out, base)
+        result["submit_s"] = round(time.perf_counter() - started, 2)
+        queued_bytes = server.used() - empty
+        log(f"submitted {videos:,} videos in {result['submit_s']} s")
+        latencies: list[float] = []
+        peak = 0
+
+        def sample(current: dict) -> None:
+            nonlocal peak
+            peak = max(peak, server.used() - empty)
+
+        started = time.perf_counter()
+        deadline = time.monotonic() + 4 * 3600
+        while (current := _status_timed(store, job_id, latencies))["state"] not in ("done", "cancelled", "failed"):
+            sample(current)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"job {job_id} not done: {current}")
+            time.sleep(1.0)
+        job_s = time.perf_counter() - started
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        done_bytes = server.used() - empty
+        result.update(
+            job_state=current["state"], job_ok=current["ok"], job_seconds=round(job_s, 1),
+            videos_per_s=round(videos / job_s, 1), end_of_job_s=summary.get("finish_s"),
+            status_s_median=round(statistics.median(latencies), 4), status_s_max=round(max(latencies), 4),
+            status_calls=len(latencies),
+            redis_bytes_per_video_queued=round(queued_bytes / videos, 1),
+            redis_bytes_per_video_peak=round(max(peak, queued_bytes, done_bytes) / videos, 1),
+            redis_bytes_per_video_done=round(done_bytes / videos, 1),
+        )  # fmt: skip
+        log(f"job done in {job_s:.0f} s; end of job {summary.get('finish_s')} s")
+        workers.stop()
+        result["bookkeeping"] = _bookkeeping(base, store, work, out, chunk_size(base.model_copy(update=dict(
+            chunk_size=None))), log)  # fmt: skip
+        result["recovery"] = _recovery(base, store, workers, work, log)
+    finally:
+        workers.stop()
+        server.stop()
+    return result
+
+
+def _status_timed(store: Any, job_id: str, latencies: list[float]) -> dict[str, Any]:
+    from captioner.service import status
+
+    started = time.perf_counter()
+    current = status(store, job_id)
+    latencies.append(time.perf_counter() - started)
+    return current
+
+
+def _bookkeeping(settings: Settings, store: Any, work: Path, full: Path, chunk: int, log: Callable) -> dict[str, Any]:
+    """Per-chunk seconds of `run_chunk` (stand-ins: all of it is bookkeeping) with 1k, 100k and all records."""
+    from captioner.bench.standins import StandInDecoder, StandInEngine
+    from captioner.service import WorkerRuntime, enqueue, job_options, run_chunk
+
+    merged = sorted((full / PARTS_DIR).glob("*.jsonl"))[0]
+    total = sum(1 for _ in merged.open("rb"))
+    runtime = WorkerRuntime(
+        settings.model_copy(update=dict(queue="scale-idle", chunk_size=chunk)),  # a queue no worker reads
+        load=lambda plan: StandInEngine(plan), make_decoder=lambda plan: StandInDecoder(plan.frame_spec),
+    )  # fmt: skip
+    runtime.start_heartbeat()
+    options = job_options(settings)
+    rounds = 5
+    fresh = work / "fresh"
+    make_links(_source_clip(work), fresh, 3 * rounds * chunk)
+    new_videos = sorted(fresh.glob("*/*.mp4"))
+    results = {}
+    try:
+        for n, label in [(1000, "1k"), (100_000, "100k"), (total, "all")]:
+            n = min(n, total)
+            out = full if n == total else work / f"out-{label}"
+            if out != full:
+                shutil.rmtree(out, ignore_errors=True)
+                (out / PARTS_DIR).mkdir(parents=True)
+                with merged.open("rb") as src, (out / PARTS_DIR / "earlier.jsonl").open("wb") as dst:
+                    for _, line in zip(range(n), src):
+                        dst.write(line)
+            batch = new_videos[: rounds * chunk]
+            new_videos = new_videos[rounds * chunk :]
+            job_id = enqueue(store, runtime.settings, [fresh], out, batch, options)
+            plan = runtime.plan(options)
+            started = time.perf_counter()
+            store.ensure_index(out, plan.key)
+            rebuild_s = time.perf_counter() - started
+            seconds = []
+            for index in range(rounds):
+                videos = [str(v) for v in batch[index * chunk : (index + 1) * chunk]]
+                started = time.perf_counter()
+                run_chunk(runtime, job_id, index, videos, str(out), options.model_dump(exclude_none=True),
+                          host="bench", last_attempt=False)  # fmt: skip
+                seconds.append(time.perf_counter() - started)
+            results[label] = {
+                "records": n, "chunk_s_median": round(statistics.median(seconds), 4),
+                "chunk_s_max": round(max(seconds), 4), "index_rebuild_s": round(rebuild_s, 3),
+            }  # fmt: skip
+            log(f"bookkeeping with {n:,} records: {results[label]}")
+    finally:
+        runtime.close()
+    flat = results["all"]["chunk_s_median"] / results["1k"]["chunk_s_median"]
+    return {"chunk": chunk, "by_records": results, "all_over_1k": round(flat, 2)}
+
+
+def _recovery(settings: Settings, store: Any, workers: _Workers, work: Path, log: Callable) -> dict[str, Any]:
+    """SIGKILL a worker mid-chunk with the default heartbeat settings; seconds until its chunks are done."""
+    from captioner.service import submit
+
+    defaults = Settings()
+    env = {"CAPTIONER_QUEUE": "scale-recovery"}
+    for i in (1, 2):
+        workers.start(f"rec-w{i}@%h", [sys.executable, "-m", "captioner.bench.standins", "worker", f"rec-w{i}@%h",
+                                       "0.5"], env)  # fmt: skip
+    _wait_alive(store.redis, 2)
+    folder = work / "recovery-videos"
+    make_links(_source_clip(work), folder, 24)
+    out = work / "out-recovery"
+    shutil.rmtree(out, ignore_errors=True)
+    # 6 chunks of 4 clips at 0.5 s a clip: each worker holds two, the killed one's wait for the heartbeat.
+    job = submit([folder], out, settings.model_copy(update=dict(queue="scale-recovery", chunk_size=4)))
+    victim = next(iter(workers.procs))
+    host = victim.replace("%h", socket.gethostname())
+    while not any(entry["host"] == host for entry in store.running(job).values()):
+        time.sleep(0.2)
+    time.sleep(1.0)  # mid-chunk
+    held = [f for f, e in store.running(job).items() if e["host"] == host]
+    workers.kill(victim)
+    killed = time.perf_counter()
+    final = _wait_done(store, job, timeout=900)
+    seconds = time.perf_counter() - killed
+    records = read_output(out)
+    videos = {r["video"] for r in records}
+    workers.stop()
+    log(f"recovery: {len(held)} chunks of the killed worker done {seconds:.0f} s after the kill")
+    return {
+        "heartbeat_s": defaults.heartbeat_s, "dead_after_s": defaults.dead_after_s, "chunks_held": len(held),
+        "seconds_from_kill_to_done": round(seconds, 1), "job_state": final["state"],
+        "records": len(records), "videos": len(videos), "one_record_each": len(records) == len(videos) == final["ok"],
+    }  # fmt: skip
+
+
+def queue_vs_run(settings: Settings, work: Path, clips: int, chunk_sizes: list[int], log: Callable = print) -> dict:
+    """Real engine: the queue path's throughput over `captioner run`'s on the same clips (engine load excluded)."""
+    from captioner.service import JobStore, submit
+    from captioner.synth import write_clips
+
+    work = work.resolve()
+    folder = work / "real-clips"
+    if not folder.exists():
+        write_clips(folder, clips, seconds=2, fps=15, width=320, height=180)
+    old = time.time() - 3600
+    for clip in folder.glob("*.mp4"):
+        os.utime(clip, (old, old))
+    server = _Redis(work / "redis-real")
+    env = _env(settings, server.url, work, queue="real")
+    workers = _Workers(env, work / "logs")
+    result: dict[str, Any] = {"clips": clips}
+    try:
+        out = work / "run-out"
+        shutil.rmtree(out, ignore_errors=True)
+        subprocess.run([*CLI, "run", str(folder), "--out", str(out)], env=env, check=True, capture_output=True)
+        summary = json.loads((out / "summary.json").read_text())
+        run_s = summary["seconds"] - summary["engine_load_s"]
+        result["run"] = {"seconds": round(run_s, 2), "videos_per_s": round(clips / run_s, 3)}
+        log(f"captioner run: {clips / run_s:.3f} videos/s")
+        base = settings.model_copy(update=dict(broker_url=server.url, allowed_roots=[work], queue="real",
+                                               settle_seconds=0))  # fmt: skip
+        store = JobStore.connect(base)
+        workers.start("real-w1@%h", [*CLI, "worker", "--name", "real-w1@%h"])
+        _wait_alive(server.client, 1, timeout=600)
+        for size in chunk_sizes:
+            out = work / f"queue-out-{size or 'default'}"
+            shutil.rmtree(out, ignore_errors=True)
+            job = submit([folder], out, base.model_copy(update=dict(chunk_size=size or None)))
+            final = _wait_done(store, job, timeout=1800)
+            seconds = final["timings"]["running_s"]
+            label = f"chunk_{size}" if size else f"chunk_default_{final['chunks'] and -(-clips // final['chunks'])}"
+            result[label] = {
+                "chunks": final["chunks"], "seconds": seconds, "videos_per_s": round(clips / seconds, 3),
+                "over_run": round((clips / seconds) / (clips / run_s), 3), "ok": final["ok"],
+            }  # fmt: skip
+            log(f"queue, {label}: {result[label]}")
+    finally:
+        workers.stop()
+        server.stop()
+    return result
+
+
+def _env(settings: Settings, url: str, work: Path, queue: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTIONER_")}
+    env.update(
+        CAPTIONER_HOME=str(settings.home), CAPTIONER_BROKER_URL=url, CAPTIONER_ALLOWED_ROOTS=str(work),
+        CAPTIONER_TIER=settings.tier, CAPTIONER_QUEUE=queue, CAPTIONER_SETTLE_SECONDS="0",
+        CAPTIONER_MODEL=settings.model, CAPTIONER_ADAPTER=settings.adapter or "none",
+    )  # fmt: skip
+    return env
+
+
+def _stand_in_names() -> dict[str, str]:
+    from captioner.bench.standins import STAND_IN_DECODER, STAND_IN_ENGINE
+
+    return {"engine": STAND_IN_ENGINE, "decoder": STAND_IN_DECODER}
+
+
+def scale_table(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows (measure, result) for the console and the README."""
+    scale, rows = result.get("scale") or {}, []
+    if scale:
+        book = scale["bookkeeping"]["by_records"]
+        rec = scale["recovery"]
+        rows += [
+            ("videos in the job (stand-in engine and decoder)", f"{scale['videos']:,}"),
+            ("submit", f"{scale['submit_s']} s"),
+            ("per-chunk bookkeeping, 1k / 100k / all records",
+             " / ".join(f"{book[k]['chunk_s_median']:.4f}" for k in ("1k", "100k", "all"))
+             + f" s (all/1k {scale['bookkeeping']['all_over_1k']}x, chunk {scale['bookkeeping']['chunk']})"),
+            ("done-index rebuild, all records (once)", f"{book['all']['index_rebuild_s']} s"),
+            ("Redis bytes per video: queued / peak / done",
+             f"{scale['redis_bytes_per_video_queued']} / {scale['redis_bytes_per_video_peak']} / "
+             f"{scale['redis_bytes_per_video_done']}"),
+            ("whole job", f"{scale['job_seconds']} s ({scale['videos_per_s']} videos/s)"),
+            ("end of job (merge parts, summary)", f"{scale['end_of_job_s']} s"),
+            ("status, median / max", f"{scale['status_s_median']} / {scale['status_s_max']} s"),
+            ("SIGKILLed worker's chunks done after", f"{rec['seconds_from_kill_to_done']} s (dead after "
+             f"{rec['dead_after_s']:g} s; one record each: {rec['one_record_each']})"),
+        ]  # fmt: skip
+    real = result.get("real") or {}
+    if real:
+        rows.append(("captioner run (real engine)", f"{real['run']['videos_per_s']} videos/s"))
+        for key, value in real.items():
+            if key.startswith("chunk_"):
+                rows.append((f"queue, {key.replace('_', ' ')}", f"{value['videos_per_s']} videos/s = "
+                             f"{value['over_run']}x run"))  # fmt: skip
+    return rows

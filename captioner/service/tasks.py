@@ -1,0 +1,75 @@
+"""The service's Celery tasks: thin wrappers running `captioner.service.worker` in a worker process.
+
+The worker's runtime (engine loaded once, decoder pools, heartbeat) lives in `_runtime`; it is
+made by `captioner worker` before the worker starts (`use_settings`), or from the environment at
+`worker_init` (`celery -A workers.app worker`). Tasks only pass their arguments on.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from celery import shared_task, signals
+
+from captioner.config import Settings
+from captioner.service.celery_app import CHUNK_TASK, NIGHTLY_TASK
+from captioner.service.errors import RetryChunk
+from captioner.service.worker import WorkerRuntime, nightly, run_chunk
+
+_runtime: WorkerRuntime | None = None
+_made = threading.Lock()
+
+
+def use_settings(worker_settings: Settings, **extra: Any) -> WorkerRuntime:
+    """Make `worker_settings` (model, adapter, tier of this worker) the ones tasks run with."""
+    global _runtime
+    _runtime = WorkerRuntime(worker_settings, **extra)
+    return _runtime
+
+
+def runtime() -> WorkerRuntime:
+    """This process's runtime; from the environment unless `use_settings` was called."""
+    with _made:  # the pool's threads may ask at the same moment
+        return _runtime or use_settings(Settings())
+
+
+@signals.worker_init.connect
+def _load_engine(**_: Any) -> None:
+    # Before the first chunk is taken, so no chunk waits for (or times out on) the engine load.
+    runtime().start()
+
+
+@signals.worker_shutdown.connect
+def _close(**_: Any) -> None:
+    if _runtime is not None:
+        _runtime.close()
+
+
+@shared_task(
+    name=CHUNK_TASK,
+    bind=True,
+    autoretry_for=(RetryChunk,),
+    retry_backoff=2,  # 2, 4, 8 ... s between tries
+    retry_backoff_max=60,
+    retry_jitter=False,
+    max_retries=Settings().chunk_retries,
+)
+def caption_chunk(self: Any, job_id: str, index: int, videos: list[str], out: str, options: dict) -> dict:
+    """Caption chunk `index` of job `job_id` (see `captioner.service.worker.run_chunk`)."""
+    return run_chunk(
+        runtime(),
+        job_id,
+        index,
+        videos,
+        out,
+        options,
+        host=self.request.hostname or "worker",
+        last_attempt=self.request.retries >= self.max_retries,
+    )
+
+
+@shared_task(name=NIGHTLY_TASK)
+def nightly_job() -> str | None:
+    """Queue tonight's job for the watched folders (sent by Celery beat)."""
+    return nightly(runtime())

@@ -1,0 +1,109 @@
+"""The service's Redis bookkeeping against a real Redis: the done-index, claims, heartbeats, publishing."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from captioner.outputs import CAPTIONS_FILE, CaptionRecord, PartWriter, RecordWriter, VersionKey
+from captioner.service.store import JobStore, video_key
+
+URL = os.environ.get("CAPTIONER_TEST_REDIS", "redis://127.0.0.1:6379/13")
+PROMPT = {"name": "p", "version": 1, "sha": "s"}
+KEY = VersionKey("m", "a", "x", "p", 1, "s")
+
+
+def record(video: str, status: str = "ok", prompt: dict = PROMPT, **fields) -> CaptionRecord:
+    return CaptionRecord(video, status, "캡션" if status == "ok" else "", None if status == "ok" else "bad", 8, "m",
+                         "a", prompt, adapter_sha="x", **fields)  # fmt: skip
+
+
+@pytest.fixture()
+def store() -> JobStore:
+    client = redis.Redis.from_url(URL, decode_responses=True)
+    client.flushdb()
+    yield JobStore(client, job_ttl=60)
+    client.flushdb()
+
+
+def test_done_index_is_rebuilt_from_the_files_once_and_again_when_they_change(store, tmp_path):
+    out = tmp_path / "out"
+    with RecordWriter(out / CAPTIONS_FILE) as writer:  # what `captioner run` wrote
+        writer.write(record("/v/a.mp4"))
+        writer.write(record("/v/b.mp4", "failed"))
+        writer.write(record("/v/e.mp4", prompt={"name": "p", "version": 2, "sha": "t"}))  # another version
+    part = PartWriter(out, "job1", 0)
+    part.write(record("/v/c.mp4"))
+    part.publish()
+    videos = [Path(f"/v/{name}.mp4") for name in "abcde"]
+    store.ensure_index(out, KEY)
+    assert store.done(out, KEY, videos) == [True, False, True, False, False]
+    # Unchanged files: no rebuild (a member removed by hand stays removed).
+    done_set = store._index_keys(out, KEY)[0]
+    store.redis.srem(done_set, video_key("/v/c.mp4"))
+    store.ensure_index(out, KEY)
+    assert store.done(out, KEY, videos)[2] is False
+    # `captioner run` appended to captions.jsonl: rebuilt, from every file.
+    time.sleep(0.01)
+    with RecordWriter(out / CAPTIONS_FILE) as writer:
+        writer.write(record("/v/d.mp4"))
+    store.ensure_index(out, KEY)
+    assert store.done(out, KEY, videos) == [True, False, True, True, False]
+    # Redis lost the index: rebuilt.
+    store.redis.flushdb()
+    store.ensure_index(out, KEY)
+    assert store.done(out, KEY, videos) == [True, False, True, True, False]
+
+
+def test_claims_keep_two_chunks_off_the_same_video_until_the_owner_dies(store, tmp_path):
+    out = tmp_path / "out"
+    a, b, c = (Path(f"/v/{name}.mp4") for name in "abc")
+    store.beat("w1", 60)
+    assert store.claim(out, KEY, "w1", "job1:0", [a, b]) == [0, 0]
+    assert store.claim(out, KEY, "w1", "job1:0", [a]) == [0]  # the same chunk again (a retry)
+    # Another chunk, even on the same worker (its other thread) or of another job, keeps off.
+    assert store.claim(out, KEY, "w1", "job2:0", [b, c]) == [2, 0]
+    store.beat("w2", 60)
+    assert store.claim(out, KEY, "w2", "job2:1", [a]) == [2]
+    store.redis.delete("captioner:alive:w1")  # w1 stopped beating
+    assert store.claim(out, KEY, "w2", "job2:1", [a, b]) == [0, 0]
+
+
+def test_publish_marks_done_counts_once_and_finishes_the_job(store, tmp_path):
+    out = tmp_path / "out"
+    job = uuid.uuid4().hex
+    store.create(job, {"state": "queued", "chunks": 2, "ok": 0, "failed": 0, "skipped": 0, "out": str(out)})
+    a, b, c = (Path(f"/v/{name}.mp4") for name in "abc")
+    assert store.start_chunk(job, 0, "w1", "host1", "q", [job, 0]) == 1
+    assert store.state(job) == "running" and set(store.running(job)) == {f"{job}:0"}
+    store.claim(out, KEY, "w1", f"{job}:0", [a, b])
+    counts = [(a, "ok", record(str(a), output_tokens=7)), (b, "failed", record(str(b), "failed"))]
+    assert store.publish(job, 0, "host1", 1.5, out, KEY, counts) is False  # one chunk to go
+    assert store.done(out, KEY, [a, b]) == [True, False] and store.running(job) == {}
+    assert store.claim(out, KEY, "w2", f"{job}:1", [b]) == [0]  # released: a failed video may be tried again
+    assert store.publish(job, 0, "host1", 1.5, out, KEY, counts) is False  # a redelivery counts nothing twice
+    assert store.start_chunk(job, 0, "w1", "host1", "q", [job, 0]) == -2  # and is known to be finished
+    job_hash = store.get(job)
+    assert (job_hash["ok"], job_hash["failed"], job_hash["output_tokens"]) == ("1", "1", "7")
+    assert store.start_chunk(job, 1, "w2", "host2", "q", [job, 1]) == 1
+    assert store.publish(job, 1, "host2", 0.5, out, KEY, [(c, "skipped", None)]) is True  # last chunk
+    assert store.get(job)["skipped"] == "1"
+    assert store.finish(job, "done") and not store.finish(job, "done")
+    assert 0 < store.redis.ttl(store.key(job)) <= 60
+
+
+def test_a_dead_workers_chunk_is_taken_over_exactly_once(store):
+    store.beat("alive", 60)
+    store.create("job", {"state": "queued", "chunks": 2})
+    assert store.start_chunk("job", 0, "alive", "h1", "q", ["job", 0]) == 1
+    assert store.start_chunk("job", 1, "dead", "h2", "q", ["job", 1, ["/v/x.mp4"]]) == 1
+    taken = list(store.orphans())
+    assert [(f, entry["args"], entry["queue"]) for f, entry in taken] == [("job:1", ["job", 1, ["/v/x.mp4"]], "q")]
+    assert list(store.orphans()) == [] and set(store.running("job")) == {"job:0"}
+    store.redis.delete("captioner:alive:alive")
+    assert [field for field, _ in store.orphans()] == ["job:0"]

@@ -533,7 +533,7 @@ def worker(
 
     _setup_logging(verbose)
     settings = _service_settings(model=model, adapter=adapter, tier=tier, sets=sets, metrics_port=metrics_port)
-    from captioner.service import tasks
+    from captioner.service import chunks_in_flight, tasks
     from captioner.service.celery_app import app_for
 
     runtime = tasks.use_settings(settings)
@@ -547,7 +547,7 @@ def worker(
             f"--hostname={name or f'captioner-{os.getpid()}@%h'}",
             f"--queues={settings.queue}",
             "--pool=threads",  # one process, one engine; the next chunk decodes while this one is captioned
-            f"--concurrency={settings.chunks_in_flight}",
+            f"--concurrency={chunks_in_flight(settings)}",
             "--loglevel=INFO",
         ]
     )

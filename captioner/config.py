@@ -98,9 +98,9 @@ class Settings(BaseSettings):
         3600, gt=0, description="Seconds after which a chunk of a vanished worker is redelivered; > longest chunk."
     )
     chunk_retries: int = Field(3, ge=0, description="Retries of a chunk after an engine or worker error.")
-    chunks_in_flight: int = Field(
-        2, ge=1, le=8, description="Chunks a worker holds at once: the next one decodes while the engine captions "
-        "the current one (1 = strictly one after the other)."
+    chunks_in_flight: int | None = Field(
+        None, ge=1, le=64, description="Chunks a worker holds at once (they decode while the engine captions, and "
+        "their batches are merged); default: enough chunks of chunk_size for three batches, at least 2."
     )
     heartbeat_s: float = Field(15.0, gt=0, description="Seconds between a worker's heartbeats.")
     dead_after_s: float = Field(

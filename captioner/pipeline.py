@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
@@ -429,6 +430,7 @@ def caption_clips(
     engine_factory: Callable[[], Any],
     on_record: Callable[[CaptionRecord], None] = lambda record: None,
     on_batch: Callable[[int], None] = lambda clips: None,
+    slots: threading.Semaphore | None = None,
 ) -> Iterator[tuple[CaptionRecord, int]]:
     """Decode and caption `videos`, writing one record each as soon as it is known.
 
@@ -439,62 +441,86 @@ def caption_clips(
     clips pile up during each call and batches are full; when decoding is slower, the engine never
     waits for a full batch. Profiles where the engine shares the CPU with decoding wait for full
     batches instead (`wait_for_full_batch`). The engine is created (by `engine_factory`) once the
-    first clips are decoding.
+    first clips are decoding. `slots` bounds the clips decoded ahead across several callers that
+    share one engine (a worker's chunks): a clip takes a slot to start decoding and gives it back
+    once its record is written.
     """
     batch_size = plan.profile.batch_size
     queue = iter(videos)
+    waiting: list[Path] = []  # taken from the queue, not yet given a slot
     in_flight: dict[Future[ClipFrames], Path] = {}
     ready: list[ClipFrames] = []
+    held = 0  # slots this call holds
 
     def top_up() -> None:
+        nonlocal held
         while len(in_flight) + len(ready) < 2 * batch_size:
-            video = next(queue, None)
+            video = waiting.pop() if waiting else next(queue, None)
             if video is None:
                 return
+            if slots is not None:
+                # Wait for a slot only when holding none (else two callers could each wait for the
+                # other's); otherwise try again once a clip of ours is done.
+                if not slots.acquire(blocking=held == 0):
+                    waiting.append(video)
+                    return
+                held += 1
             in_flight[decoder.submit(video)] = video
 
     def finish(record: CaptionRecord) -> CaptionRecord:
+        nonlocal held
         writer.write(record)
+        if slots is not None:
+            slots.release()
+            held -= 1
         on_record(record)
         return record
 
-    top_up()
-    engine = engine_factory()
-    engine.warm_prefix(plan.prompt)
-    shareable = engine.shareable_prefix_tokens(plan.prompt)
-    sampling = plan.settings.sampling_params()
-    wanted = batch_size if plan.profile.wait_for_full_batch else 1
-    while in_flight or ready:
-        if in_flight:
-            # Block until enough is ready; otherwise just collect what has finished meanwhile.
-            done, _ = wait(in_flight, timeout=None if len(ready) < wanted else 0, return_when=FIRST_COMPLETED)
-            for future in done:
-                video = in_flight.pop(future)
-                try:
-                    ready.append(future.result())
-                except FrameError as exc:
-                    yield finish(plan.record(video, status="failed", caption="", error=exc.reason)), 0
-            top_up()
-        if not ready or (len(ready) < wanted and in_flight):
-            continue
-        batch, ready = ready[:batch_size], ready[batch_size:]
-        top_up()  # decoders work on the next batch while the engine runs this one
-        on_batch(len(batch))
-        for clip, gen in zip(batch, engine.caption([clip.frames for clip in batch], plan.prompt, sampling)):
-            failed = gen.error is not None or not gen.text
-            record = plan.record(
-                Path(clip.video),
-                status="failed" if failed else "ok",
-                caption="" if failed else gen.text,
-                error=gen.error or ("the model returned an empty caption" if failed else None),
-                prompt_tokens=gen.prompt_tokens,
-                cached_tokens=gen.cached_tokens,
-                output_tokens=gen.output_tokens,
-                finish_reason=gen.finish_reason,
-                decode_s=round(clip.decode_s, 4),
-                **clip.facts(),
-            )
-            yield finish(record), shareable
+    try:
+        top_up()
+        engine = engine_factory()
+        engine.warm_prefix(plan.prompt)
+        shareable = engine.shareable_prefix_tokens(plan.prompt)
+        sampling = plan.settings.sampling_params()
+        wanted = batch_size if plan.profile.wait_for_full_batch else 1
+        while in_flight or ready:
+            if in_flight:
+                # Block until enough is ready; otherwise just collect what has finished meanwhile.
+                done, _ = wait(in_flight, timeout=None if len(ready) < wanted else 0, return_when=FIRST_COMPLETED)
+                for future in done:
+                    video = in_flight.pop(future)
+                    try:
+                        ready.append(future.result())
+                    except FrameError as exc:
+                        yield finish(plan.record(video, status="failed", caption="", error=exc.reason)), 0
+                top_up()
+            if not ready or (len(ready) < wanted and in_flight):
+                if not in_flight and not ready:
+                    top_up()  # everything so far failed to decode: wait for slots for the rest
+                continue
+            batch, ready = ready[:batch_size], ready[batch_size:]
+            top_up()  # decoders work on the next batch while the engine runs this one
+            on_batch(len(batch))
+            for clip, gen in zip(batch, engine.caption([clip.frames for clip in batch], plan.prompt, sampling)):
+                failed = gen.error is not None or not gen.text
+                record = plan.record(
+                    Path(clip.video),
+                    status="failed" if failed else "ok",
+                    caption="" if failed else gen.text,
+                    error=gen.error or ("the model returned an empty caption" if failed else None),
+                    prompt_tokens=gen.prompt_tokens,
+                    cached_tokens=gen.cached_tokens,
+                    output_tokens=gen.output_tokens,
+                    finish_reason=gen.finish_reason,
+                    decode_s=round(clip.decode_s, 4),
+                    **clip.facts(),
+                )
+                yield finish(record), shareable
+            if not in_flight and not ready:
+                top_up()  # the slots this batch gave back let the rest of the queue start
+    finally:
+        for _ in range(held):  # stopped early (engine death, cancel): the clips in flight give theirs back
+            slots.release()
 
 
 def caption_videos(
@@ -506,6 +532,7 @@ def caption_videos(
     on_record: Callable[[CaptionRecord], None] = lambda record: None,
     on_batch: Callable[[int], None] = lambda clips: None,
     decoder: FrameDecoder | None = None,
+    slots: threading.Semaphore | None = None,
 ) -> RunStats:
     """Caption `videos` (already known to need it) into `writer`; count them in `stats`.
 
@@ -513,7 +540,7 @@ def caption_videos(
     a part file). Engine death (vLLM's EngineDeadError) propagates, so the caller can rebuild the
     engine and try again. `on_batch` hears the size of every batch handed to the engine (also
     counted in `stats`). `decoder` is a long-lived decoder pool (a worker's); without one, a pool
-    is started for this call.
+    is started for this call. `slots`: see `caption_clips`.
     """
     if not videos:
         return stats
@@ -526,7 +553,7 @@ def caption_videos(
         if decoder is None:
             workers = min(plan.profile.decode_workers, len(videos))
             decoder = stack.enter_context(FrameDecoder(plan.frame_spec, workers, plan.settings.decode_timeout))
-        for record, shareable in caption_clips(videos, plan, writer, decoder, engine_factory, on_record, batch):
+        for record, shareable in caption_clips(videos, plan, writer, decoder, engine_factory, on_record, batch, slots):
             stats.add(record, shareable)
     return stats
 

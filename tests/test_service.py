@@ -36,6 +36,7 @@ from captioner.service import (
     status,
     submit,
 )
+from captioner.service import chunks_in_flight
 from captioner.service.celery_app import CHUNK_TASK, NIGHTLY_TASK
 from captioner.sources import video_id
 from captioner.synth import write_clip, write_clips
@@ -44,7 +45,7 @@ from tests.compose import captioner_args, healthcheck_args, with_option
 CLI = [sys.executable, "-m", "captioner.cli"]
 CHUNK = 2  # videos per chunk in these tests
 VISIBILITY = 900  # s before Celery redelivers a vanished worker's chunk (production: an hour): heartbeats come first
-DEAD_AFTER = 8  # s of silence before a worker counts as dead (production: 90)
+DEAD_AFTER = 5  # s of silence before a worker counts as dead (production: 90)
 HOST = socket.gethostname()
 
 
@@ -284,7 +285,11 @@ def test_celery_app_is_json_only_late_acking_and_schedules_the_nightly_job():
     assert config["result_accept_content"] == ["json"]
     assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
     assert config["worker_prefetch_multiplier"] == 1 and config["worker_pool"] == "threads"
-    assert config["worker_concurrency"] == settings.chunks_in_flight == 2  # the next chunk decodes meanwhile
+    # Chunks held at once: two of the default size (two batches each); more when chunks are small.
+    assert config["worker_concurrency"] == 2
+    small = Settings(tier="cpu", chunk_size=4)
+    assert celery_config(small)["worker_concurrency"] == 12 == chunks_in_flight(small)  # 3 batches of 16
+    assert celery_config(Settings(chunks_in_flight=5))["worker_concurrency"] == 5
     assert config["broker_transport_options"]["visibility_timeout"] == 7200
     assert config["result_expires"] == 1234
     # kombu would otherwise connect to a rediss:// broker without checking the certificate.
@@ -512,11 +517,11 @@ def test_two_workers_share_one_job(workers, svc_settings, store, root):
 
 def test_a_chunk_longer_than_the_dead_time_is_not_sent_again(workers, svc_settings, store, root):
     folder = root / "slow"
-    videos = clips(folder, 8)
+    videos = clips(folder, 6)
     out = root / "slow-out"
-    job_id = submit([folder], out, svc_settings.model_copy(update=dict(chunk_size=8)))
+    job_id = submit([folder], out, svc_settings.model_copy(update=dict(chunk_size=6)))
     final = wait_job(store, job_id)
-    assert final["state"] == "done" and final["ok"] == 8
+    assert final["state"] == "done" and final["ok"] == 6
     assert final["timings"]["busy_s"] > DEAD_AFTER  # the point of the test: one chunk outlived the dead time
     assert sum(final["workers"].values()) == 1
     assert "chunk sent again" not in "".join(w.log.read_text() for w in workers)
@@ -762,7 +767,7 @@ def test_redis_restart_during_a_job_loses_nothing(workers, svc_settings, store, 
     survivor = workers[1]
     assert survivor.proc.poll() is None
     folder = root / "restart"
-    videos = clips(folder, 4)
+    videos = clips(folder, 7)  # 7 chunks: more than the two workers hold (2 each), so some wait in the queue
     out = root / "restart-out"
     job_id = submit([folder], out, svc_settings.model_copy(update=dict(chunk_size=1)))
     deadline = time.monotonic() + 120
@@ -778,7 +783,7 @@ def test_redis_restart_during_a_job_loses_nothing(workers, svc_settings, store, 
     time.sleep(3)
     server.start()
     final = wait_job(store, job_id, timeout=180)
-    assert final["state"] == "done" and (final["ok"], final["failed"]) == (4, 0), final
+    assert final["state"] == "done" and (final["ok"], final["failed"]) == (7, 0), final
     one_record_each(out, videos)
     assert survivor.proc.poll() is None  # it reconnected rather than dying
     assert "Connection to broker lost" in survivor.log.read_text()

@@ -80,7 +80,7 @@ class StandInDecoder:
 def worker_main(argv: list[str]) -> None:
     """`worker NAME [SECONDS_PER_CLIP]`: a Celery worker of the service with the stand-ins."""
     from captioner.config import Settings
-    from captioner.service import tasks
+    from captioner.service import chunks_in_flight, tasks
     from captioner.service.celery_app import app_for
 
     name = argv[1]
@@ -94,7 +94,7 @@ def worker_main(argv: list[str]) -> None:
     runtime.start()
     app_for(settings).worker_main(
         ["worker", f"--hostname={name}", f"--queues={settings.queue}", "--pool=threads",
-         f"--concurrency={settings.chunks_in_flight}", "--loglevel=WARNING"]
+         f"--concurrency={chunks_in_flight(settings)}", "--loglevel=WARNING"]
     )  # fmt: skip
 
 

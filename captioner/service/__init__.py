@@ -13,7 +13,8 @@ records as a part file of the output folder (see `captioner.outputs`).
 from captioner.service.errors import JobNotFound, RetryChunk, SubmitError
 from captioner.service.status import cancel, job_summary, status, wait
 from captioner.service.store import FINISHED, JobStore, connect, ping, secure_url, video_key
-from captioner.service.submit import JobOptions, allowed_path, check_submission, chunk_size, enqueue, job_options, submit
+from captioner.service.chunks import chunk_size, chunks_in_flight
+from captioner.service.submit import JobOptions, allowed_path, check_submission, enqueue, job_options, submit
 from captioner.service.worker import WorkerRuntime, finish_job, nightly, run_chunk
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "cancel",
     "check_submission",
     "chunk_size",
+    "chunks_in_flight",
     "connect",
     "enqueue",
     "finish_job",

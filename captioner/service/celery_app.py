@@ -14,6 +14,7 @@ from celery import Celery
 from celery.schedules import crontab
 
 from captioner.config import Settings
+from captioner.service.chunks import chunks_in_flight
 from captioner.service.store import secure_url
 
 CHUNK_TASK = "captioner.caption_chunk"
@@ -42,7 +43,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # One process per GPU holding one engine; never a forking pool (it breaks CUDA and vLLM).
         # Threads: the next chunk decodes while this one is captioned (the engine takes one at a time).
         worker_pool="threads",
-        worker_concurrency=settings.chunks_in_flight,
+        worker_concurrency=chunks_in_flight(settings),
         worker_prefetch_multiplier=1,  # hold only the chunks in flight: the others stay for other workers
         # A chunk is acknowledged when done, so a worker killed mid-chunk loses nothing.
         task_acks_late=True,
@@ -105,7 +106,7 @@ def _identity(settings: Settings) -> tuple:
     # What the messages' route and the broker connection depend on.
     return (
         settings.broker_url, settings.store_url, settings.queue, settings.visibility_timeout, settings.job_ttl,
-        settings.chunks_in_flight,
+        chunks_in_flight(settings),
     )  # fmt: skip
 
 

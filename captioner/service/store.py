@@ -1,7 +1,7 @@
 """Job state in Redis: jobs, the done-index of output folders, claims, worker heartbeats.
 
 Every per-chunk operation costs O(chunk), whatever the size of the job or of the output folder.
-Videos are named in Redis by `video_key` (a 20-hex-digit hash of the path), which keeps a
+Videos are named in Redis by `video_key` (14 characters of a hash of the path), which keeps a
 million-video job's state small.
 
 Keys (one Redis, not a cluster: a chunk's scripts touch its job and its output folder together):
@@ -10,8 +10,8 @@ Keys (one Redis, not a cluster: a chunk's scripts touch its job and its output f
   `folders`, `options`, `queue`, `summary`, `videos`, `chunks`, `chunk_size`, the counters `ok`,
   `failed`, `skipped`, `output_tokens`, `prompt_tokens`, `cached_tokens`, `busy_s`, the epoch times
   `submitted_at`, `started_at`, `finished_at`; `error` when the job failed as a whole.
-  `...:videos` set: videos counted (a video is counted once, however often its chunk runs);
-  `...:chunks` set: chunks finished; `...:workers` hash: chunks finished per worker;
+  `...:chunks` set: chunks finished (a chunk's videos are counted when it first finishes, once,
+  however often it runs); `...:workers` hash: chunks finished per worker;
   `...:deliveries` hash: how often each chunk was started.
 - `captioner:running` hash: `JOB:CHUNK` -> the chunk's worker id, host and task arguments, for
   every chunk being worked on; a chunk whose worker stopped beating is sent again from here.
@@ -25,6 +25,7 @@ Finished jobs expire `job_ttl` seconds after they finish; the done-index stays (
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -51,8 +52,9 @@ _BATCH = 10_000  # members per Redis command when a set is filled or queried in 
 
 
 def video_key(video: Path | str) -> str:
-    """How Redis names a video: a hash of its path (any file name, fixed size)."""
-    return hashlib.blake2b(video_id(video).encode("utf-8"), digest_size=10).hexdigest()
+    """How Redis names a video: 80 bits of a hash of its path, as 14 characters (any file name, small)."""
+    digest = hashlib.blake2b(video_id(video).encode("utf-8"), digest_size=10).digest()
+    return base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
 def folder_key(out_dir: Path | str) -> str:
@@ -133,37 +135,33 @@ end
 return out
 """
 
-# A chunk's records are visible (its part file is published): mark its ok videos done, release
-# its claims, count every video once, and finish the chunk. Returns 1 when every chunk of the job
-# is finished and the job still needs finishing.
-# KEYS: job, videos, chunks, workers, running, done, claims, rebuilding flag, rebuilding set.
-# ARGV: chunk, worker host, busy_s, running field, then (video, counter, out, prompt, cached) tuples.
+# A chunk's records are visible (its part file is published): mark its ok videos done and release
+# its claims; then, the first time the chunk finishes only, count its videos and finish the chunk.
+# Returns 1 when every chunk of the job is finished and the job still needs finishing.
+# KEYS: job, chunks, workers, running, done, claims, rebuilding flag, rebuilding set.
+# ARGV: chunk, worker host, busy_s, running field, ok, failed, skipped, output/prompt/cached tokens,
+#       number of ok videos N, the N ok videos, then the chunk's other videos.
 _PUBLISH = """
-local rebuilding = redis.call('EXISTS', KEYS[8]) == 1
-local job = redis.call('EXISTS', KEYS[1]) == 1
-for i = 5, #ARGV, 5 do
-  local v, counter = ARGV[i], ARGV[i + 1]
-  if counter == 'ok' then
-    redis.call('SADD', KEYS[6], v)
-    if rebuilding then redis.call('SADD', KEYS[9], v) end
+local rebuilding = redis.call('EXISTS', KEYS[7]) == 1
+local n = tonumber(ARGV[11])
+for i = 12, #ARGV do
+  local v = ARGV[i]
+  if i < 12 + n then
+    redis.call('SADD', KEYS[5], v)
+    if rebuilding then redis.call('SADD', KEYS[8], v) end
   end
-  redis.call('HDEL', KEYS[7], v)
-  if job and redis.call('SADD', KEYS[2], v) == 1 then
-    redis.call('HINCRBY', KEYS[1], counter, 1)
-    redis.call('HINCRBY', KEYS[1], 'output_tokens', ARGV[i + 2])
-    redis.call('HINCRBY', KEYS[1], 'prompt_tokens', ARGV[i + 3])
-    redis.call('HINCRBY', KEYS[1], 'cached_tokens', ARGV[i + 4])
-  end
+  redis.call('HDEL', KEYS[6], v)
 end
-redis.call('HDEL', KEYS[5], ARGV[4])
-if not job or ARGV[1] == '' then return 0 end
-if redis.call('SADD', KEYS[3], ARGV[1]) == 1 then
-  redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
-  redis.call('HINCRBYFLOAT', KEYS[1], 'busy_s', ARGV[3])
-end
+redis.call('HDEL', KEYS[4], ARGV[4])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
+local names = {'ok', 'failed', 'skipped', 'output_tokens', 'prompt_tokens', 'cached_tokens'}
+for i = 1, 6 do redis.call('HINCRBY', KEYS[1], names[i], ARGV[4 + i]) end
+redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+redis.call('HINCRBYFLOAT', KEYS[1], 'busy_s', ARGV[3])
 local state = redis.call('HGET', KEYS[1], 'state')
 local total = tonumber(redis.call('HGET', KEYS[1], 'chunks') or '0')
-if redis.call('SCARD', KEYS[3]) >= total and state ~= 'done' and state ~= 'cancelled' and state ~= 'failed' then
+if redis.call('SCARD', KEYS[2]) >= total and state ~= 'done' and state ~= 'cancelled' and state ~= 'failed' then
   return 1
 end
 return 0
@@ -225,7 +223,7 @@ class JobStore:
 
     def keys(self, job_id: str) -> list[str]:
         """Every key of a job."""
-        return [self.key(job_id)] + [self.key(job_id, part) for part in ("videos", "chunks", "workers", "deliveries")]
+        return [self.key(job_id)] + [self.key(job_id, part) for part in ("chunks", "workers", "deliveries")]
 
     def ping(self) -> None:
         """Raise `SubmitError` at once when Redis cannot be reached."""
@@ -262,10 +260,6 @@ class JobStore:
         keys = [self.key(job_id), self.key(job_id, "chunks"), self.key(job_id, "deliveries"), RUNNING]
         return int(self._start(keys=keys, args=[str(index), repr(time.time()), f"{job_id}:{index}", entry]))
 
-    def counted(self, job_id: str, videos: list[Path] | list[str]) -> list[bool]:
-        """For each video, whether the job counted it already."""
-        return self._members(self.key(job_id, "videos"), videos)
-
     def claim(self, out_dir: Path, key: VersionKey, worker_id: str, chunk: str, videos: list[Path]) -> list[int]:
         """Claim `videos` for `chunk` ("JOB:INDEX") to caption into `out_dir` as `key`: per video 0
         (mine now), 1 (done already), 2 (being captioned by another chunk on a live worker)."""
@@ -284,24 +278,29 @@ class JobStore:
     def publish(
         self,
         job_id: str,
-        index: int | None,
+        index: int,
         host: str,
         busy_s: float,
         out_dir: Path,
         key: VersionKey,
         counts: list[tuple[Path | str, str, Any]],
     ) -> bool:
-        """The chunk's records are visible: mark done, release claims, count each (video, counter,
-        record) once, finish the chunk (`index` None: count only). True when the job needs finishing."""
+        """The chunk's records are visible: mark its ok videos done, release its claims, and (once per
+        chunk) count its (video, ok | failed | skipped, record) and finish it. True when the job needs
+        finishing. O(chunk)."""
         done, claims, flag, fresh = self._index_keys(out_dir, key)[:4]
-        keys = [self.key(job_id)] + [self.key(job_id, p) for p in ("videos", "chunks", "workers")]
-        keys += [RUNNING, done, claims, flag, fresh]
-        head = ["" if index is None else str(index), host, f"{busy_s:.3f}", f"{job_id}:{index}"]
-        tail: list[str] = []
+        keys = [self.key(job_id), self.key(job_id, "chunks"), self.key(job_id, "workers"), RUNNING]
+        keys += [done, claims, flag, fresh]
+        tally = {"ok": 0, "failed": 0, "skipped": 0}
+        tokens = [0, 0, 0]
+        ok, other = [], []
         for video, counter, record in counts:
-            tokens = [getattr(record, name, 0) or 0 for name in ("output_tokens", "prompt_tokens", "cached_tokens")]
-            tail += [video_key(video), counter, *map(str, tokens)]
-        return bool(self._publish(keys=keys, args=head + tail))
+            tally[counter] += 1
+            for i, name in enumerate(("output_tokens", "prompt_tokens", "cached_tokens")):
+                tokens[i] += getattr(record, name, 0) or 0
+            (ok if counter == "ok" else other).append(video_key(video))
+        head = [str(index), host, f"{busy_s:.3f}", f"{job_id}:{index}", *map(str, tally.values()), *map(str, tokens)]
+        return bool(self._publish(keys=keys, args=[*head, str(len(ok)), *ok, *other]))
 
     def leave(self, job_id: str, index: int) -> None:
         """The chunk stopped without finishing (it will run again, or its job was cancelled)."""
@@ -366,6 +365,11 @@ class JobStore:
                 "done-index of %s (%s): rebuilt from %d records, %d done, in %.2f s",
                 out_dir, key.label(), len(records), len(members), time.perf_counter() - started,
             )  # fmt: skip
+
+    def drop_index(self, out_dir: Path, key: VersionKey) -> None:
+        """Forget the done-index of (`out_dir`, `key`); the next `ensure_index` rebuilds it from the files."""
+        done, _, _, _, sig_key = self._index_keys(out_dir, key)
+        self.redis.delete(done, sig_key)
 
     def done(self, out_dir: Path, key: VersionKey, videos: list[Path]) -> list[bool]:
         """For each video, whether it has an `ok` record of `key` in `out_dir` (call `ensure_index` first)."""

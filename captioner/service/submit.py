@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from captioner.config import Settings
 from captioner.prompts import PromptError, check_prompt_ref, load_prompt
 from captioner.service.celery_app import CHUNK_PRIORITY, CHUNK_TASK, app_for
+from captioner.service.chunks import chunk_size
 from captioner.service.errors import SubmitError
 from captioner.service.store import JobStore
 from captioner.sources import Found, SourceError, check_folder, find_videos, video_id
-from captioner.tiers import resolve_profile
 
 log = logging.getLogger(__name__)
 
@@ -115,18 +115,6 @@ def check_submission(folders: list[Path], out: Path, settings: Settings) -> tupl
             raise SubmitError(found.describe_empty(folder))
     check_videos(found.videos, roots)
     return checked, out_dir, found
-
-
-def chunk_size(settings: Settings) -> int:
-    """Videos per chunk: `chunk_size`, else two of the tier's largest batches (decoding runs a batch ahead).
-
-    The batch itself is sized on the worker, from its model and memory; the submitter knows the
-    tier's ceiling (`max_clips`), or the batch when the profile sets one.
-    """
-    if settings.chunk_size:
-        return settings.chunk_size
-    profile = resolve_profile(settings.tier, settings.profile)
-    return 2 * (profile.batch_size or profile.max_num_seqs or profile.max_clips)
 
 
 def job_options(settings: Settings) -> JobOptions:

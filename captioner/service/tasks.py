@@ -54,6 +54,9 @@ def _close(**_: Any) -> None:
     retry_backoff_max=60,
     retry_jitter=False,
     max_retries=Settings().chunk_retries,
+    # Also in the app's configuration; said here too, so the task keeps them in any app it is bound to.
+    acks_late=True,
+    reject_on_worker_lost=True,
 )
 def caption_chunk(self: Any, job_id: str, index: int, videos: list[str], out: str, options: dict) -> dict:
     """Caption chunk `index` of job `job_id` (see `captioner.service.worker.run_chunk`)."""

@@ -2,8 +2,9 @@
 
 A worker process keeps, for its whole life, one engine (loaded once), one decoder pool per frame
 spec, and a heartbeat thread. It holds `chunks_in_flight` chunks at once (Celery's thread pool):
-while the engine captions one chunk, the next chunk's clips decode, so a stream of chunks runs
-like one long `captioner run`. The engine takes one batch at a time.
+their clips decode while the engine captions (two batches ahead, over all chunks: `slots`), and
+the engine merges their batches (`SharedEngine`), so a stream of small chunks runs like one long
+`captioner run`.
 
 A chunk, from start to end (`run_chunk`):
 1. registered as running on this worker (`captioner:running`), so if the worker dies (its
@@ -41,6 +42,7 @@ from captioner.metrics import WorkerMetrics
 from captioner.outputs import PartWriter, merge_parts, write_atomic
 from captioner.service.celery_app import CHUNK_TASK, RECOVERED_PRIORITY, app_for
 from captioner.service.errors import RetryChunk, SubmitError
+from captioner.service.shared_engine import SharedEngine
 from captioner.service.status import job_summary, status
 from captioner.service.store import FINISHED, JobStore, connect, folder_key
 from captioner.service.submit import JobOptions, allowed_path, check_submission, enqueue, job_options
@@ -54,30 +56,6 @@ EXTRA_DELIVERIES = 3
 
 class _Cancelled(Exception):
     """The job was cancelled while this chunk ran."""
-
-
-class SharedEngine:
-    """The worker's engine as its chunk threads see it: one batch at a time, the prefix warmed once."""
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self._lock = threading.Lock()
-        self._warmed: set[str] = set()
-
-    def warm_prefix(self, prompt: Any) -> None:
-        """Warm the prompt's prefix in the cache, once per prompt text."""
-        with self._lock:
-            if prompt.prefix_text not in self._warmed:
-                self.engine.warm_prefix(prompt)
-                self._warmed.add(prompt.prefix_text)
-
-    def caption(self, *args: Any, **kwargs: Any) -> Any:
-        """`engine.caption`, one call at a time."""
-        with self._lock:
-            return self.engine.caption(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.engine, name)
 
 
 @dataclass
@@ -255,9 +233,7 @@ def run_chunk(
     counts: list[tuple[Any, str, Any]] = []  # (video, ok | failed | skipped, record) for `publish`
     failures: list[tuple[Path, str]] = []
     todo: list[Path] = []
-    for path, counted in zip(map(Path, videos), store.counted(job_id, videos), strict=True):
-        if counted:
-            continue  # counted by an earlier run of this chunk
+    for path in map(Path, videos):
         try:
             allowed_path(path, settings.allowed_roots, "video")
             todo.append(path)
@@ -294,6 +270,7 @@ def run_chunk(
             caption_videos(
                 mine, writer, plan, lambda: runtime.engine(plan), stats, on_record,
                 on_batch=runtime.metrics.batch, decoder=runtime.decoder(plan),
+                slots=runtime.engine(plan).slots,
             )  # fmt: skip
     except _Cancelled:
         _abandon(runtime, writer, job_id, index, out_dir, key, mine)

@@ -236,6 +236,21 @@ def frames_(
     raise typer.Exit(1 if failed else 0)
 
 
+def _write_and_show(out: Path, result: dict[str, Any], title: str, rows: list[tuple[str, str]]) -> None:
+    """Write a benchmark's JSON to `out` and print its (measure, result) table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from captioner.outputs import write_atomic
+
+    write_atomic(out, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+    summary = Table("measure", "result", title=title)
+    for row in rows:
+        summary.add_row(*row)
+    Console().print(summary)
+    typer.echo(f"written: {out}", err=True)
+
+
 @app.command()
 def bench(
     out: Path = typer.Option(..., "--out", "-o", help="JSON file for every figure and setting."),
@@ -253,10 +268,8 @@ def bench(
 ) -> None:
     """Measure end to end, decode only, engine only, prefix cache, the naive way and memory."""
     from rich.console import Console
-    from rich.table import Table
 
     from captioner.bench import run_bench, table
-    from captioner.outputs import write_atomic
     from captioner.pipeline import ConfigError
 
     _setup_logging(False)
@@ -266,12 +279,7 @@ def bench(
         result = run_bench(settings, clips, naive_clips, memory_clips, clips_dir, log=console.log)
     except ConfigError as exc:
         _fail(str(exc))
-    write_atomic(out, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
-    summary = Table("measure", "result", title=f"captioner bench ({result['settings']['profile']['name']})")
-    for row in table(result):
-        summary.add_row(*row)
-    Console().print(summary)
-    typer.echo(f"written: {out}", err=True)
+    _write_and_show(out, result, f"captioner bench ({result['settings']['profile']['name']})", table(result))
 
 
 @app.command("bench-service")
@@ -287,7 +295,6 @@ def bench_service(
     """Measure the service at scale: a million-video job through real Redis and Celery workers
     (stand-in engine and decoder, named in the output), and the queue path against `captioner run`."""
     from rich.console import Console
-    from rich.table import Table
 
     from captioner.bench.scale import queue_vs_run, run_scale, scale_table
     from captioner.outputs import write_atomic
@@ -301,12 +308,7 @@ def bench_service(
         write_atomic(out, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
     if not skip_real:
         result["real"] = queue_vs_run(settings, work, real_clips, [4, 0], log=console.log)
-    write_atomic(out, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
-    summary = Table("measure", "result", title="captioner bench-service")
-    for row in scale_table(result):
-        summary.add_row(*row)
-    Console().print(summary)
-    typer.echo(f"written: {out}", err=True)
+    _write_and_show(out, result, "captioner bench-service", scale_table(result))
 
 
 @app.command("plan")

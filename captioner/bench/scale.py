@@ -129,7 +129,14 @@ def _source_clip(work: Path) -> Path:
     return clip
 
 
-def _wait_done(store: Any, job_id: str, timeout: float, latencies: list[float] | None = None) -> dict[str, Any]:
+def _wait_done(
+    store: Any,
+    job_id: str,
+    timeout: float,
+    latencies: list[float] | None = None,
+    on_poll: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
+    """Poll `status` every second until the job is finished; each call's seconds go to `latencies`."""
     from captioner.service import status
 
     deadline = time.monotonic() + timeout
@@ -138,6 +145,7 @@ def _wait_done(store: Any, job_id: str, timeout: float, latencies: list[float] |
         current = status(store, job_id)
         if latencies is not None:
             latencies.append(time.perf_counter() - started)
+        on_poll()
         if current["state"] in ("done", "cancelled", "failed"):
             return current
         if time.monotonic() > deadline:
@@ -179,17 +187,12 @@ def run_scale(
         latencies: list[float] = []
         peak = 0
 
-        def sample(current: dict) -> None:
+        def sample() -> None:
             nonlocal peak
             peak = max(peak, server.used() - empty)
 
         started = time.perf_counter()
-        deadline = time.monotonic() + 4 * 3600
-        while (current := _status_timed(store, job_id, latencies))["state"] not in ("done", "cancelled", "failed"):
-            sample(current)
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"job {job_id} not done: {current}")
-            time.sleep(1.0)
+        current = _wait_done(store, job_id, 4 * 3600, latencies, on_poll=sample)
         job_s = time.perf_counter() - started
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
         done_bytes = server.used() - empty
@@ -211,15 +214,6 @@ def run_scale(
         workers.stop()
         server.stop()
     return result
-
-
-def _status_timed(store: Any, job_id: str, latencies: list[float]) -> dict[str, Any]:
-    from captioner.service import status
-
-    started = time.perf_counter()
-    current = status(store, job_id)
-    latencies.append(time.perf_counter() - started)
-    return current
 
 
 def _bookkeeping(settings: Settings, store: Any, work: Path, full: Path, chunk: int, log: Callable) -> dict[str, Any]:

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     adapter: str | None = Field(
         None, description="LoRA adapter folder; 'demo' = the demo adapter; 'none' = no adapter (e.g. merged by quantize)."
     )
+    compare_adapters: list[str] = Field(
+        default_factory=list,
+        description="More adapters captioned side by side with `adapter` ('none' = the base model): each clip is "
+        "decoded once and gets one record per adapter (`captioner run --adapter A --adapter B`).",
+    )
     tier: Literal["auto", "cpu", "t4", "l4", "a100-40", "a100-80", "h100"] = "auto"
     frames: int | None = Field(None, gt=0, description="Frames per clip; default from the tier.")
     prompt: str = Field("detailed-ko", description="Prompt name, or name@version.")

@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -114,10 +114,14 @@ class CaptionEngine:
         self,
         model: str,
         profile: TierProfile,
-        adapter: Path | None = None,
+        adapter: Path | Sequence[Path] | None = None,
         seed: int = 0,
         enable_prefix_caching: bool = True,
     ) -> None:
+        """`adapter`: one LoRA adapter folder, or several served side by side (vLLM multi-LoRA).
+
+        Clips are captioned with the first adapter unless `caption` names others per clip.
+        """
         compat.apply()  # before vllm is imported: see compat.py
         if profile.max_num_seqs is None:
             raise EngineError(f"the {profile.name} profile has no max_num_seqs yet: build the engine from a plan")
@@ -126,9 +130,11 @@ class CaptionEngine:
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
+        adapters = [adapter] if isinstance(adapter, (str, Path)) else list(adapter or [])
         self.model = model
         self.profile = profile
-        self.adapter = adapter
+        self.adapters = [Path(a) for a in adapters]
+        self.adapter = self.adapters[0] if self.adapters else None
         self.seed = seed
         started = time.perf_counter()
         kwargs: dict[str, Any] = dict(
@@ -151,11 +157,16 @@ class CaptionEngine:
             kwargs["kv_cache_memory_bytes"] = int(profile.kv_cache_gib * 2**30)
         if profile.block_size is not None:
             kwargs["block_size"] = profile.block_size
-        if adapter is not None:
-            kwargs.update(enable_lora=True, max_lora_rank=_lora_rank(adapter), max_loras=1)
+        if self.adapters:
+            rank = max(_lora_rank(a) for a in self.adapters)
+            kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=len(self.adapters))
         self.llm = LLM(**kwargs)
         self.load_s = time.perf_counter() - started
-        self._lora = LoRARequest("caption", 1, str(adapter)) if adapter is not None else None
+        # One request per adapter; ids start at 1 (vLLM reserves 0). The first keeps the name "caption".
+        self._loras = {
+            a: LoRARequest("caption" if i == 0 else f"caption-{i + 1}", i + 1, str(a)) for i, a in enumerate(self.adapters)
+        }
+        self._lora = self._loras.get(self.adapter) if self.adapter is not None else None
         self.kv = kv_capacity(self.llm)
         log.info("engine loaded in %.1f s (model %s, tier %s, adapter %s)", self.load_s, model, profile.name, adapter)
 
@@ -167,35 +178,59 @@ class CaptionEngine:
         """Compute the shared prompt prefix once, so even the first batch is served from the cache.
 
         Requests scheduled in the same step cannot reuse each other's blocks; without this, every
-        clip of the first batch would compute the prefix itself. (The cache is per adapter.)
+        clip of the first batch would compute the prefix itself. The cache is per adapter, so the
+        prefix is warmed for every adapter served (and the base model when `with_adapter` is False).
         """
         from vllm import SamplingParams
 
+        loras = list(self._loras.values()) if with_adapter and self._loras else [None]
         self.llm.generate(
-            [prompt.prefix_text],
-            SamplingParams(max_tokens=1),
-            lora_request=self._lora if with_adapter else None,
-            use_tqdm=False,
+            [prompt.prefix_text] * len(loras), SamplingParams(max_tokens=1), lora_request=loras, use_tqdm=False
         )
 
     def caption(
-        self, videos: list[np.ndarray], prompt: RenderedPrompt, sampling: Sampling, with_adapter: bool = True
+        self,
+        videos: list[np.ndarray],
+        prompt: RenderedPrompt,
+        sampling: Sampling,
+        with_adapter: bool = True,
+        adapters: Sequence[Path | None] | None = None,
     ) -> list[Generation]:
         """Caption a batch of clips (each (N, H, W, 3) uint8) in one `generate` call.
 
-        A failing batch is retried clip by clip so one bad clip fails alone. `with_adapter=False`
-        runs the base model (for comparisons); by default the adapter, if any, is applied.
+        A failing batch is retried clip by clip so one bad clip fails alone. By default every clip
+        gets the (first) adapter, if any; `with_adapter=False` runs the base model; `adapters` names
+        each clip's adapter (one of the engine's, or None for the base model), so one call can
+        caption the same frames with several adapters.
         """
         if not videos:
             return []
         from vllm import SamplingParams
 
+        if adapters is None:
+            loras = [self._lora if with_adapter else None] * len(videos)
+        else:
+            unknown = [a for a in adapters if a is not None and Path(a) not in self._loras]
+            if unknown or len(adapters) != len(videos):
+                raise ValueError(f"caption: adapters {unknown or adapters} do not match the engine's {self.adapters}")
+            loras = [None if a is None else self._loras[Path(a)] for a in adapters]
+        if None in loras and any(lora is not None for lora in loras):
+            # vLLM 0.32's CPU LoRA kernels apply adapters to the base model's requests of a mixed
+            # batch (measured: the base then writes the adapter's phrases); base requests go apart.
+            base = [i for i, lora in enumerate(loras) if lora is None]
+            rest = [i for i, lora in enumerate(loras) if lora is not None]
+            results: dict[int, Generation] = {}
+            for group in (rest, base):
+                outs = self.caption(
+                    [videos[i] for i in group], prompt, sampling,
+                    adapters=[None if loras[i] is None else Path(loras[i].lora_path) for i in group],
+                )  # fmt: skip
+                results.update(zip(group, outs))
+            return [results[i] for i in range(len(videos))]
         params = SamplingParams(**sampling.model_dump(), seed=self.seed if sampling.temperature > 0 else None)
         requests = [{"prompt": prompt.text, "multi_modal_data": {"video": video}} for video in videos]
         try:
-            outputs = self.llm.generate(
-                requests, params, lora_request=self._lora if with_adapter else None, use_tqdm=False
-            )
+            outputs = self.llm.generate(requests, params, lora_request=loras, use_tqdm=False)
             return [self._to_generation(out) for out in outputs]
         except Exception as exc:  # noqa: BLE001 - isolate the clip that broke the batch
             if engine_dead(exc):
@@ -203,7 +238,10 @@ class CaptionEngine:
             if len(videos) == 1:
                 return [Generation("", 0, 0, 0, None, error=f"engine error: {type(exc).__name__}: {exc}")]
             log.warning("batch of %d failed (%s); retrying clip by clip", len(videos), exc)
-            return [self.caption([video], prompt, sampling, with_adapter)[0] for video in videos]
+            return [
+                self.caption([video], prompt, sampling, adapters=[None if lora is None else Path(lora.lora_path)])[0]
+                for video, lora in zip(videos, loras)
+            ]
 
     @staticmethod
     def _to_generation(out: Any) -> Generation:

@@ -18,6 +18,7 @@ Columns, in this order (one row per video and version):
 | `video` | string | the video's path as text (undecodable name bytes shown as `\\xNN`) |
 | `video_raw` | string, null | base64 of the path's exact bytes when `video` cannot hold them |
 | `caption` | string | the caption |
+| `text_flags` | list of string | `replacement_char` (U+FFFD), `mojibake`; empty for clean text |
 | `model`, `adapter`, `adapter_sha` | string (adapter and its hash may be null) | what captioned it |
 | `prompt_name`, `prompt_version`, `prompt_sha` | string, int, string | the prompt version |
 | `version` | string | a short id of (model, adapter, adapter_sha, prompt name, version, sha) |
@@ -31,7 +32,7 @@ Columns, in this order (one row per video and version):
 | `finish_reason` | string, null | `stop` or `length` |
 | `created_at` | string | when the record was written (ISO 8601, UTC) |
 
-Formats: Parquet (pyarrow; lists stay lists, types as above), CSV (UTF-8, no BOM; the two list
+Formats: Parquet (pyarrow; lists stay lists, types as above), CSV (UTF-8, no BOM; the list
 columns hold JSON text, e.g. `[0.6, 1.8]`), JSONL (one UTF-8 JSON object a line, Korean
 unescaped, lists as lists). Rows are sorted by video, then by record time. The file is written
 whole or not at all (temporary file, then rename); default `OUT/export.<format>`.
@@ -49,16 +50,18 @@ from pathlib import Path
 from typing import Any
 
 from captioner.outputs import CAPTIONS_FILE, PARTS_DIR, VersionKey, dataset_files, output_folder, read_output
+from captioner.textcheck import text_flags
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}  # format -> file extension
-LIST_COLUMNS = ("frame_times", "notes")
+LIST_COLUMNS = ("text_flags", "frame_times", "notes")
 # column -> pyarrow type name (see `_schema`); the order is the files' column order
 COLUMNS: dict[str, str] = {
     "video": "string",
     "video_raw": "string",
     "caption": "string",
+    "text_flags": "list<string>",
     "model": "string",
     "adapter": "string",
     "adapter_sha": "string",
@@ -217,6 +220,8 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         "video": record["video"],
         "video_raw": record.get("video_raw"),
         "caption": record.get("caption") or "",
+        # Records written before the field existed: the same check, on their text.
+        "text_flags": record["text_flags"] if "text_flags" in record else text_flags(record.get("caption")),
         "model": key.model,
         "adapter": key.adapter,
         "adapter_sha": key.adapter_sha,

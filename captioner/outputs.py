@@ -64,6 +64,9 @@ class CaptionRecord:
     frame_shift_max: float | None = None
     decoder: str | None = None
     notes: list[str] = field(default_factory=list)
+    # What `textcheck.text_flags` found wrong with the caption's characters ("replacement_char",
+    # "mojibake"). Records written before this field have no such key; readers use .get.
+    text_flags: list[str] = field(default_factory=list)
     video_raw: str | None = None  # base64 of the path's bytes when `video` cannot hold them (see sources)
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 

@@ -18,7 +18,9 @@ def home(tmp_path_factory) -> Path:
     os.environ["CAPTIONER_HOME"] = str(path)
     from captioner.demo_model import build_demo_model
 
-    build_demo_model(path / "demo")
+    # The random adapter: the suite's tests need an adapter that changes outputs, not a trained one
+    # (test_train trains its own; `make demo` and `captioner demo-model` train the demo adapter).
+    build_demo_model(path / "demo", train_adapter=False)
     return path
 
 
@@ -30,7 +32,7 @@ def settings(home) -> Settings:
 
 @pytest.fixture(scope="session")
 def plan(settings):
-    from captioner.pipeline import make_plan
+    from captioner.planning import make_plan
 
     return make_plan(settings)
 
@@ -38,7 +40,7 @@ def plan(settings):
 @pytest.fixture(scope="session")
 def engine(plan):
     """The real vLLM engine on the demo checkpoint with its LoRA adapter, loaded once."""
-    from captioner.pipeline import load_engine
+    from captioner.planning import load_engine
 
     return load_engine(plan)
 

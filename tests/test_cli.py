@@ -40,12 +40,24 @@ def captioner(*args: str, **kwargs) -> subprocess.CompletedProcess:
     ],
 )
 def test_bad_arguments_stop_with_one_clear_message(home, clip_dir, tmp_path, args, message):
+    # In this process, through the same command-line code (a process per case costs 5 s of imports);
+    # `test_a_bad_argument_exits_2_from_a_real_process` covers the process's exit status.
+    from typer.testing import CliRunner
+
+    from captioner.cli import app
+
     (tmp_path / "empty").mkdir()
     fill = lambda s: s.format(tmp=tmp_path, clips=clip_dir)  # noqa: E731
-    result = captioner("run", "--tier", "cpu", *map(fill, args), "--out", str(tmp_path / "out"))
-    assert result.returncode == 2, result.stderr
+    result = CliRunner().invoke(app, ["run", "--tier", "cpu", *map(fill, args), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, (result.stderr, result.exception)
     assert fill(message) in result.stderr
     assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_a_bad_argument_exits_2_from_a_real_process(home, clip_dir, tmp_path):
+    result = captioner("run", str(clip_dir), "--tier", "cpu", "--frames", "1000", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "use at most" in result.stderr and not result.stdout
+    assert not (tmp_path / "out").exists()
 
 
 def test_killed_run_resumes_without_losing_or_duplicating(home, tmp_path):

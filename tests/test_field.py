@@ -121,11 +121,19 @@ def test_frames_command_returns_the_right_frames_upright_at_display_aspect(home,
     assert near.sum() >= (4 if tolerance else 0) and list(on_keyframe[near]) == [True] * near.sum()
 
 
-def test_one_run_captions_every_real_clip_and_fails_bad_files_alone(home, field, tmp_path):
-    folder, clips = field
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def field_run(home, field, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """One `captioner run` over the whole field folder, and a second (resuming) one: the output folder and both results."""
+    folder, _ = field
+    out = tmp_path_factory.mktemp("field-run") / "out"
     args = ["run", folder, "--out", out, "--adapter", "demo", "--tier", "cpu", "--sampling", "deterministic"]
-    result = captioner(*args)
+    # The second run also says files are settled (`--settle-seconds 0`): no "still copying" warning then.
+    return out, captioner(*args), captioner(*args, "--settle-seconds", "0")
+
+
+def test_one_run_captions_every_real_clip_and_fails_bad_files_alone(field, field_run):
+    folder, clips = field
+    out, result, again = field_run
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)  # stdout carries only the summary, even when clips fail
     ok = _ok(clips)
@@ -153,24 +161,21 @@ def test_one_run_captions_every_real_clip_and_fails_bad_files_alone(home, field,
     text = (out / "captions.jsonl").read_bytes().decode("utf-8")  # valid UTF-8 whatever the names
     assert "\\ud" not in text
 
-    again = captioner(*args)  # resume: nothing good captioned twice, bad files tried again
+    # The second run resumes: nothing good captioned twice, bad files tried again.
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "may still be copying" not in again.stderr  # --settle-seconds 0: no such warning
     resumed = json.loads(again.stdout)
     assert (resumed["skipped"], resumed["ok"], resumed["failed"]) == (len(ok), 0, len(failed))
     piped = subprocess.run([sys.executable, "-m", "json.tool"], input=again.stdout, capture_output=True, text=True)
     assert piped.returncode == 0
 
 
-def test_report_matches_odd_names_and_shows_their_frames(home, field, tmp_path):
+def test_report_matches_odd_names_and_shows_their_frames(field, field_run, tmp_path):
     """NFD and CP949 names flow into the evaluation report: matched to references, frames shown."""
     folder, clips = field
-    out = tmp_path / "out"
+    out, result, _ = field_run
     chosen = {clip.kind: clip for clip in clips if clip.kind in ("name_nfd", "name_cp949", "name_brackets")}
-    result = captioner(
-        "run", folder / "names", "--out", out, "--adapter", "demo", "--tier", "cpu", "--settle-seconds", "0"
-    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "may still be copying" not in result.stderr  # --settle-seconds 0: no such warning
     # References name the NFD file in NFC (as most tools write them); the CP949 clip has none,
     # and stands in the report as a clip without references.
     refs = tmp_path / "refs.jsonl"

@@ -10,7 +10,8 @@ import pytest
 
 from captioner.frames import sample_frames
 from captioner.outputs import read_records
-from captioner.pipeline import ConfigError, check_engine, make_plan, run
+from captioner.planning import ConfigError, check_engine, make_plan
+from captioner.pipeline import run
 from tests.badfiles import write_bad_files
 
 BAD_REASONS = {

@@ -166,7 +166,7 @@ def test_checkpoint_layout_config_and_files(demo, quantized):
 
 def test_t4_profile_accepts_the_quantized_checkpoint(quantized, home):
     from captioner.config import Settings
-    from captioner.pipeline import make_plan
+    from captioner.planning import make_plan
 
     out, _ = quantized
     plan = make_plan(Settings(model=str(out), tier="t4", home=home))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from captioner.config import Settings
-from captioner.pipeline import ConfigError, check_fits
+from captioner.planning import ConfigError, check_fits
 from captioner.sizing import (
     GIB,
     EngineKV,

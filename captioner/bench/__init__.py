@@ -31,7 +31,7 @@ from captioner.bench.engine_runs import _engine_only_worker, _engine_runs
 from captioner.bench.frame_stage import FrameStage, _frame_stage
 from captioner.bench.naive import _naive
 from captioner.bench.report import TARGET_NOTES, TARGETS, _result, _targets, table
-from captioner.pipeline import make_plan
+from captioner.planning import make_plan
 
 __all__ = ["TARGETS", "TARGET_NOTES", "bench_clips", "run_bench", "table"]
 

@@ -12,7 +12,8 @@ from typing import Any, Callable
 import numpy as np
 
 from captioner.outputs import CAPTIONS_FILE, RecordWriter
-from captioner.pipeline import Plan, RunStats, caption_videos, engine_concurrency, load_engine, make_plan
+from captioner.planning import Plan, engine_concurrency, load_engine, make_plan
+from captioner.pipeline import RunStats, caption_videos
 
 
 def _engine_pass(engine: Any, plan: Plan, frames: list[np.ndarray]) -> dict[str, float]:

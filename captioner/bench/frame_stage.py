@@ -14,7 +14,7 @@ import numpy as np
 from captioner.bench.clips import _describe
 from captioner.bench.common import _rate
 from captioner.frames import ClipFrames, FrameDecoder, FrameSpec, decode_clip
-from captioner.pipeline import Plan
+from captioner.planning import Plan
 
 
 def _import_decoders() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from captioner.bench.common import _in_child
-from captioner.pipeline import Plan
+from captioner.planning import Plan
 
 
 def _uniform_indices(frames: int, n: int) -> list[int]:

@@ -10,7 +10,7 @@ from captioner.bench.clips import _LABELS
 from captioner.bench.common import _rate
 from captioner.bench.engine_runs import EngineRuns
 from captioner.bench.frame_stage import FrameStage, _frame_figures
-from captioner.pipeline import Plan
+from captioner.planning import Plan
 
 # Targets of the benchmark (issue 6, then issue 11 for the keyframe figures); the JSON says which
 # are met. The keyframe targets and the 2.5x hold for the headline (camera-style) set.

@@ -314,7 +314,8 @@ def queue_vs_run(settings: Settings, work: Path, clips: int, chunk_sizes: list[i
     start once): one worker process, warmed by a first job, then a job per chunk size; then
     `pipeline.run` in this process on a loaded engine, after a warm-up run of its own.
     """
-    from captioner.pipeline import load_engine, make_plan, run
+    from captioner.planning import load_engine, make_plan
+    from captioner.pipeline import run
     from captioner.service import JobStore, chunks_in_flight, submit
     from captioner.synth import write_clips
 

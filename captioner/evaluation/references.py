@@ -13,12 +13,18 @@ Three layouts are accepted (see ``eval/README.md``):
 Videos are keyed by their file name stem, NFC-normalised. Every problem found is
 collected with its file and line, and all of them are raised together in one
 :class:`InputError`, so a user can fix a file in one pass.
+
+A reference whose text looks damaged (U+FFFD, or mojibake such as a UTF-8 file saved
+again by a tool that read it as CP949: see :mod:`captioner.textcheck`) is kept and
+scored, with a warning naming its file, line and video: it only lowers the scores of
+its clip, while the rest of the set stays usable.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +32,9 @@ from typing import Any
 
 from captioner.evaluation.morphemes import normalize_text
 from captioner.outputs import json_objects
+from captioner.textcheck import MOJIBAKE, REPLACEMENT_CHAR, mojibake_encoding, text_flags
+
+log = logging.getLogger(__name__)
 
 MAX_LISTED_PROBLEMS = 20
 
@@ -66,6 +75,19 @@ class Reference:
 
 
 @dataclass
+class FlaggedReference:
+    """A reference text whose characters look damaged (see `captioner.textcheck.text_flags`)."""
+
+    source: str  # "file:line" (the label file for AI-Hub)
+    video: str
+    index: int  # 1-based, among the references of its line
+    text: str  # NFC, as scored and shown
+    flags: list[str]
+    encoding: str | None  # for mojibake: the codec the UTF-8 text seems to have been read with
+    warning: str
+
+
+@dataclass
 class ReferenceSet:
     """All references of an evaluation set, keyed by video stem."""
 
@@ -73,6 +95,13 @@ class ReferenceSet:
     kind: str  # "jsonl" | "csv" | "aihub"
     clips: dict[str, Reference]
     warnings: list[str] = field(default_factory=list)
+    flagged: list[FlaggedReference] = field(default_factory=list)
+    # The `warnings` about `flagged` texts; they were logged when read, so printers may skip them.
+    text_warnings: list[str] = field(default_factory=list)
+
+    def flag_counts(self) -> dict[str, int]:
+        """How many reference texts carry each text flag."""
+        return {flag: sum(flag in f.flags for f in self.flagged) for flag in (REPLACEMENT_CHAR, MOJIBAKE)}
 
 
 def load_references(path: Path) -> ReferenceSet:
@@ -93,13 +122,52 @@ def load_references(path: Path) -> ReferenceSet:
         raise InputError(problems)
     refs = ReferenceSet(path=path, kind=kind, clips={})
     for video, texts, category, source in entries:
+        refs.flagged += _check_texts(video, texts, source)  # raw texts: NFC would alter CP949 mojibake
         _add(refs, video, texts, category, source)
+    # A whole set saved with the wrong encoding would bury every other warning: the first few are
+    # listed, then one line counts them all (metrics.json lists every flagged reference).
+    shown = [f.warning for f in refs.flagged[:MAX_LISTED_PROBLEMS]]
+    if len(refs.flagged) > len(shown):
+        counts = ", ".join(f"{flag} {n}" for flag, n in refs.flag_counts().items() if n)
+        shown.append(
+            f"{path}: {len(refs.flagged)} reference texts look damaged ({counts}), "
+            f"{len(refs.flagged) - len(shown)} more than listed above"
+        )
+    for warning in shown:
+        log.warning("%s", warning)
+    refs.warnings += shown
+    refs.text_warnings = shown
     if not refs.clips:
         raise InputError([f"{path}: no references found"])
     return refs
 
 
 Entry = tuple[str, list[str], "str | None", str]
+
+EXCERPT_CHARS = 40
+
+
+def _check_texts(video: str, texts: list[str], source: str) -> list[FlaggedReference]:
+    """The damaged texts among one entry's references, each with its warning."""
+    found = []
+    for index, text in enumerate(texts, start=1):
+        flags = text_flags(text)
+        if not flags:
+            continue
+        encoding = mojibake_encoding(text) if MOJIBAKE in flags else None
+        what = []
+        if encoding:
+            what.append(f"looks like mojibake (UTF-8 read as {encoding})")
+        if REPLACEMENT_CHAR in flags:
+            what.append("holds U+FFFD (bytes that were not valid UTF-8)")
+        excerpt = text.strip()
+        excerpt = excerpt if len(excerpt) <= EXCERPT_CHARS else excerpt[:EXCERPT_CHARS] + "…"
+        warning = (
+            f"{source}: reference {index} of {video} {' and '.join(what)}: {excerpt!r}; "
+            "scored as it is (rewrite the file from the original text, as UTF-8)"
+        )
+        found.append(FlaggedReference(source, video, index, normalize_text(text), flags, encoding, warning))
+    return found
 
 
 def _add(refs: ReferenceSet, video: str, texts: list[str], category: str | None, source: str) -> None:

@@ -148,6 +148,7 @@ def _cards(ev: Evaluation, videos: list[str], strips: _Strips) -> list[dict]:
     """Per-clip cards: scores, caption beside references, frames."""
     run = ev.run.per_video.set_index("video")
     base = ev.baseline.per_video.set_index("video") if ev.baseline is not None else None
+    damaged = _damaged_references(ev)
     cards = []
     for video in videos:
         row = run.loc[video]
@@ -160,16 +161,64 @@ def _cards(ev: Evaluation, videos: list[str], strips: _Strips) -> list[dict]:
             "rouge_l": row["rouge_l"],
             "cider_d": row["cider_d"],
             "caption": row["caption"],
+            "text_flags": row["text_flags"],
             "references": row["references"],
+            "reference_flags": [damaged.get(r, []) for r in row["references"]],
             "image": image,
             "image_reason": reason,
             "baseline": None,
         }
         if base is not None and video in base.index:
             b = base.loc[video]
-            card["baseline"] = {"status": b["status"], "caption": b["caption"], "meteor": b["meteor"]}
+            card["baseline"] = {
+                "status": b["status"],
+                "caption": b["caption"],
+                "meteor": b["meteor"],
+                "text_flags": b["text_flags"],
+            }
         cards.append(card)
     return cards
+
+
+def _damaged_references(ev: Evaluation) -> dict[str, list[str]]:
+    """The text flags of each damaged reference text (NFC, as the cards show it)."""
+    return {f.text: f.flags for f in ev.references.flagged}
+
+
+def _text_tables(ev: Evaluation) -> tuple[str, str]:
+    """HTML tables of the captions and of the references whose characters look damaged ("" when none)."""
+    df = ev.run.per_video
+    flagged = df[[bool(flags) for flags in df["text_flags"]]]
+    captions = ""
+    if len(flagged):
+        captions = _table(
+            flagged.assign(
+                flags=[" ".join(f) for f in flagged["text_flags"]],
+                caption=[_excerpt(c) for c in flagged["caption"]],
+            )[["video", "flags", "status", "caption", "path"]]
+        )
+    references = ""
+    if ev.references.flagged:
+        references = _table(
+            pd.DataFrame(
+                [
+                    {
+                        "source": f.source,
+                        "video": f.video,
+                        "reference": f.index,
+                        "flags": " ".join(f.flags),
+                        "read as": f.encoding or "",
+                        "text": _excerpt(f.text),
+                    }
+                    for f in ev.references.flagged
+                ]
+            )
+        )
+    return captions, references
+
+
+def _excerpt(text: str, chars: int = 80) -> str:
+    return text if len(text) <= chars else text[:chars] + "…"
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -232,6 +281,7 @@ def render_report(ev: Evaluation, path: Path, worst_best: int = 5) -> None:
         worst_cards, best_cards = _cards(ev, worst, strips), _cards(ev, best, strips)
     finally:
         strips.close()
+    text_captions_table, text_references_table = _text_tables(ev)
     html = env.get_template("eval_report.html.j2").render(
         ev=ev,
         s=ev.run.summary,
@@ -244,6 +294,9 @@ def render_report(ev: Evaluation, path: Path, worst_best: int = 5) -> None:
         missing_table=missing_table if len(missing) else "",
         unreferenced_table=unreferenced_table if len(unreferenced) else "",
         versions_table=_table(versions),
+        text_captions_table=text_captions_table,
+        text_references_table=text_references_table,
+        reference_text_flags=ev.references.flag_counts(),
         warnings=ev.references.warnings + ev.run.summary["warnings"],
     )
     Path(path).write_text(html, encoding="utf-8")

@@ -15,6 +15,11 @@ success, or several model / adapter / prompt versions). The *last* record per vi
 is evaluated (oldest first: by ``created_at`` across files, file order within a second);
 every version seen, and the versions of the records that were evaluated, are listed in
 the report, with a warning when the evaluated records mix versions.
+
+Text guards: a caption holding U+FFFD or mojibake (see :mod:`captioner.textcheck`) is
+counted, badged in the report and warned about; it is scored as it is. A record's own
+``text_flags`` are used; records written before that field existed get theirs computed
+here from the caption, by the same function.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from captioner.evaluation.morphemes import Tokens, get_tokenizer, normalize_text
 from captioner.evaluation.references import InputError, ReferenceSet, load_references, name_stem
 from captioner.outputs import CAPTIONS_FILE, PARTS_DIR, VersionKey, dataset_files, json_objects, output_folder
 from captioner.sources import record_path, video_id
+from captioner.textcheck import MOJIBAKE, REPLACEMENT_CHAR, text_flags
 
 OPENING_WORDS = 2
 BOOTSTRAP_RESAMPLES = 1000
@@ -43,6 +49,7 @@ BOOTSTRAP_SEED = 0
 # Mode-collapse warnings (shown, never gating): thresholds a healthy run stays far from.
 MIN_DISTINCT_CAPTION_RATIO = 0.5
 MAX_TOP_OPENING_SHARE = 0.5
+MAX_NAMED_VIDEOS = 10  # a warning about many clips names this many of them
 
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -60,6 +67,7 @@ class EvaluatedClip:
     version: str
     line: int  # line in `where`'s file
     where: str = ""  # "file:line" of the record
+    text_flags: list[str] = field(default_factory=list)  # what is wrong with the caption's characters
 
 
 @dataclass
@@ -71,6 +79,12 @@ class CaptionSet:
     records: int
     versions_all: Counter
     warnings: list[str] = field(default_factory=list)
+    adapter: str | None = "*"  # the adapter whose records were kept (`ANY_ADAPTER`: all)
+
+    @property
+    def name(self) -> str:
+        """The path, and the adapter when one was selected: how reports name this set."""
+        return str(self.path) + ("" if self.adapter == "*" else f" (adapter {self.adapter or 'none'})")
 
     @property
     def versions_evaluated(self) -> Counter:
@@ -109,6 +123,9 @@ def _record_problem(rec: dict[str, Any], where: str) -> str | None:
         return f'{where}: "prompt" must be an object ({{"name", "version", "sha"}})'
     if rec.get("created_at") is not None and not isinstance(rec["created_at"], str):
         return f'{where}: "created_at" must be an ISO time string'
+    flags = rec.get("text_flags")
+    if flags is not None and not (isinstance(flags, list) and all(isinstance(f, str) for f in flags)):
+        return f'{where}: "text_flags" must be a list of strings'
     try:
         record_path(rec)
     except (TypeError, ValueError):  # binascii.Error is a ValueError
@@ -156,13 +173,23 @@ def version_names(keys: list[VersionKey]) -> dict[VersionKey, str]:
     return {key: key.label() + (f" [{key.digest()}]" if labels[key.label()] > 1 else "") for key in keys}
 
 
-def load_captions(target: Path) -> CaptionSet:
+ANY_ADAPTER = "*"  # load_captions: records of every adapter
+
+
+def load_captions(target: Path, adapter: str | None = ANY_ADAPTER) -> CaptionSet:
     """Read the caption records of an output folder or captions file; the last record per video stem wins.
 
-    Raises :class:`InputError` naming the file and line of every malformed record.
+    `adapter` keeps only the records of one adapter (by the name records store; None: the base
+    model), as when one run captioned with several. Raises :class:`InputError` naming the file and
+    line of every malformed record, or naming the adapters present when `adapter` has no record.
     """
     target = Path(target)
     records = read_caption_records(target)
+    if adapter != ANY_ADAPTER:
+        present = sorted({str(rec.get("adapter") or "none") for rec, _, _ in records})
+        records = [item for item in records if item[0].get("adapter") == adapter]
+        if not records:
+            raise InputError([f"{target}: no records of adapter {adapter or 'none'!r} (adapters: {', '.join(present)})"])
     names = version_names([VersionKey.of(rec) for rec, _, _ in records])
     clips: dict[str, EvaluatedClip] = {}
     paths_seen: dict[str, set[str]] = {}
@@ -175,6 +202,7 @@ def load_captions(target: Path) -> CaptionSet:
         versions[version] += 1
         paths_seen.setdefault(stem, set()).add(video)
         error = rec.get("error")
+        flags = rec.get("text_flags")
         clips[stem] = EvaluatedClip(
             stem=stem,
             video=video,
@@ -185,6 +213,8 @@ def load_captions(target: Path) -> CaptionSet:
             version=version,
             line=lineno,
             where=where,
+            # Flags come from the raw caption: NFC would alter CP949 mojibake (see textcheck).
+            text_flags=list(flags) if flags is not None else text_flags(rec.get("caption")),
         )
     if not clips:
         raise InputError([f"{target}: no caption records"])
@@ -200,6 +230,7 @@ def load_captions(target: Path) -> CaptionSet:
         records=len(records),
         versions_all=versions,
         warnings=warnings,
+        adapter=adapter,
     )
 
 
@@ -244,6 +275,7 @@ def score_run(label: str, captions: CaptionSet, refs: ReferenceSet, tokens: dict
                 "error": (rec.error or "") if rec else "",
                 "version": rec.version if rec else "",
                 "line": rec.line if rec else None,
+                "text_flags": list(rec.text_flags) if rec else [],
             }
         )
     df = pd.DataFrame(rows)
@@ -289,6 +321,14 @@ def _summarize(df: pd.DataFrame, ref_tokens: list, hyp_tokens: list, captions: C
     counts["coverage"] = counts["scored"] / n_refs if n_refs else 0.0
     # Statuses other than ok/failed (e.g. "truncated") are scored, but counted so they show.
     counts["scored_by_record_status"] = sc["record_status"].value_counts().to_dict()
+    # Over every evaluated record, referenced or not: broken text is a fault of the run either way.
+    recorded = df[df["record_status"] != ""]
+    flagged = {
+        flag: [video for video, flags in zip(recorded["video"], recorded["text_flags"]) if flag in flags]
+        for flag in (REPLACEMENT_CHAR, MOJIBAKE)
+    }
+    counts["captions_replacement_char"] = len(flagged[REPLACEMENT_CHAR])
+    counts["captions_mojibake"] = len(flagged[MOJIBAKE])
 
     scored_refs = [r for r, s in zip(ref_tokens, scored) if s]
     scored_hyps = [h for h, s in zip(hyp_tokens, scored) if s]
@@ -353,6 +393,17 @@ def _summarize(df: pd.DataFrame, ref_tokens: list, hyp_tokens: list, captions: C
             f"({counts['failed']} failed, {counts['empty_caption']} empty, {counts['no_caption']} without a record); "
             "they are not in the METEOR mean"
         )
+    damage = {
+        REPLACEMENT_CHAR: "hold U+FFFD (bytes that were not valid UTF-8, e.g. a character the model left unfinished)",
+        MOJIBAKE: "look like mojibake (UTF-8 text decoded with the wrong codec)",
+    }
+    for flag, videos in flagged.items():
+        if videos:
+            named = ", ".join(videos[:MAX_NAMED_VIDEOS]) + (", ..." if len(videos) > MAX_NAMED_VIDEOS else "")
+            warnings.append(
+                f"{len(videos)} of {len(recorded)} evaluated captions {damage[flag]}: {named}; "
+                "they are scored as they are"
+            )
     return {
         "meteor": float(sc["meteor"].mean()) if n else math.nan,
         "meteor_ci": list(scores.bootstrap_ci(meteor_values, BOOTSTRAP_RESAMPLES, 0.95, BOOTSTRAP_SEED)),
@@ -408,7 +459,7 @@ def compare_runs(run: RunResult, baseline: RunResult, threshold: float) -> dict[
     if cov_base > 0 and (cov_run - cov_base) / cov_base < -threshold:
         reasons.append(f"coverage {cov_run:.1%} vs {cov_base:.1%} ({len(lost)} clips scored only by the baseline)")
     return {
-        "baseline": str(baseline.captions.path),
+        "baseline": baseline.captions.name,
         "paired_clips": int(len(paired)),
         "meteor_run": cand_mean,
         "meteor_baseline": base_mean,
@@ -443,9 +494,8 @@ class Evaluation:
             b = b.add_suffix("_baseline").rename(columns={"video_baseline": "video"})
             df = df.merge(b, on="video", how="outer")
             df["meteor_delta"] = df["meteor"] - df["meteor_baseline"]
-        df["references"] = [
-            json.dumps(r if isinstance(r, list) else [], ensure_ascii=False) for r in df["references"]
-        ]
+        for column in ("references", "text_flags"):
+            df[column] = [json.dumps(v if isinstance(v, list) else [], ensure_ascii=False) for v in df[column]]
         return df.sort_values("video").reset_index(drop=True)
 
 
@@ -495,11 +545,16 @@ def metrics_document(ev: Evaluation) -> dict[str, Any]:
     per_video = ev.run.per_video.drop(columns=["line"]).to_dict(orient="records")
     return _json_safe(
         {
-            "captions": str(ev.run.captions.path),
+            "captions": ev.run.captions.name,
             "references": {
                 "path": str(ev.references.path),
                 "kind": ev.references.kind,
                 "clips": len(ev.references.clips),
+                "text_flags": ev.references.flag_counts(),
+                "flagged": [
+                    {"source": f.source, "video": f.video, "index": f.index, "flags": f.flags, "encoding": f.encoding}
+                    for f in ev.references.flagged
+                ],
             },
             "meteor": s["meteor"],
             "meteor_ci": s["meteor_ci"],
@@ -523,17 +578,24 @@ def metrics_document(ev: Evaluation) -> dict[str, Any]:
 
 
 def evaluate(
-    captions: Path, refs: Path, against: Path | None = None, regression_threshold: float = 0.05
+    captions: Path,
+    refs: Path,
+    against: Path | None = None,
+    regression_threshold: float = 0.05,
+    adapter: str | None = ANY_ADAPTER,
+    against_adapter: str | None = ANY_ADAPTER,
 ) -> Evaluation:
     """Read the inputs and compute every score (no files written).
 
-    Raises :class:`InputError` for unusable input, including a captions file that has
-    no video in common with the references.
+    `adapter` / `against_adapter` select one adapter's records of each (see `load_captions`): one
+    run captioned with several adapters compares them with `against` = `captions`. Raises
+    :class:`InputError` for unusable input, including a captions file that has no video in common
+    with the references.
     """
     t0 = time.perf_counter()
     reference_set = load_references(Path(refs))
-    caption_set = load_captions(Path(captions))
-    baseline_set = load_captions(Path(against)) if against is not None else None
+    caption_set = load_captions(Path(captions), adapter)
+    baseline_set = load_captions(Path(against), against_adapter) if against is not None else None
     for cs in filter(None, (caption_set, baseline_set)):
         if not set(cs.clips) & set(reference_set.clips):
             raise InputError(
@@ -587,6 +649,8 @@ def run_eval(
     against: Path | None = None,
     regression_threshold: float = 0.05,
     worst_best: int = 5,
+    adapter: str | None = ANY_ADAPTER,
+    against_adapter: str | None = ANY_ADAPTER,
 ) -> int:
     """Evaluate ``captions`` against ``refs``, write the report, return the exit code.
 
@@ -594,7 +658,7 @@ def run_eval(
     (relative) against ``against``; 2: bad input, nothing or not enough evaluated.
     """
     try:
-        ev = evaluate(captions, refs, against, regression_threshold)
+        ev = evaluate(captions, refs, against, regression_threshold, adapter, against_adapter)
     except InputError as exc:
         print(f"error: cannot evaluate:\n{exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -608,8 +672,16 @@ def run_eval(
         f"referenced clips; {c['missing_captions']} missing captions, {c['no_reference']} captions without reference; "
         f"morphemes: {tok['name']} {tok['version']} (model {tok['model_version']}), exact matches only"
     )
+    if c["captions_replacement_char"] or c["captions_mojibake"] or ev.references.flagged:
+        refs_flags = ev.references.flag_counts()
+        print(
+            f"text: captions with U+FFFD: {c['captions_replacement_char']}, mojibake: {c['captions_mojibake']}; "
+            f"references with U+FFFD: {refs_flags[REPLACEMENT_CHAR]}, mojibake: {refs_flags[MOJIBAKE]}"
+        )
+    logged = set(ev.references.text_warnings)  # load_references logged these already
     for warning in ev.references.warnings + s["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
+        if warning not in logged:
+            print(f"warning: {warning}", file=sys.stderr)
     print(f"report: {Path(out_dir) / 'report.html'}")
     if c["scored"] == 0:
         print(f"error: no referenced clip in {captions} has a caption to score", file=sys.stderr)

@@ -132,6 +132,7 @@ _STILL_FORMATS = ("image2", "_pipe", "gif", "apng")
 
 
 def _probe(path: Path, container) -> VideoInfo:
+    import av
 
     if any(part in container.format.name for part in _STILL_FORMATS):
         raise FrameError(path, f"a still image ({container.format.name.replace('_pipe', '')}), not a video")
@@ -148,6 +149,14 @@ def _probe(path: Path, container) -> VideoInfo:
 
     scan = _scan(container, stream)
     if not scan.pts:
+        stated = (container.duration or 0) / av.time_base
+        if stated > 0:
+            # A container that states a length but holds no frame was cut before its first one.
+            raise FrameError(
+                path,
+                f"file ends early (cut at about 0%: no frame of the stated {stated:.1f} s is there; "
+                "an interrupted copy or recording?)",
+            )
         raise FrameError(path, "video stream has no frames" + (f" ({scan.error})" if scan.error else ""))
     order = np.argsort(np.asarray(scan.pts, dtype=np.int64), kind="stable")
     pts_sorted = np.asarray(scan.pts, dtype=np.int64)[order]

@@ -28,6 +28,7 @@ MAX_WAIT_S = 10.0
 class _Request:
     videos: list[Any]
     key: tuple
+    adapters: list[Any] | None = None  # each clip's adapter (a multi-adapter plan), else the engine's default
     result: list[Any] | None = None
     error: BaseException | None = None
     done: bool = False
@@ -102,11 +103,13 @@ class SharedEngine:
                 self._busy = False
                 self._cond.notify_all()
 
-    def caption(self, videos: list[Any], prompt: Any, sampling: Any, with_adapter: bool = True) -> list[Any]:
+    def caption(
+        self, videos: list[Any], prompt: Any, sampling: Any, with_adapter: bool = True, adapters: list[Any] | None = None
+    ) -> list[Any]:
         """`engine.caption` for this batch, run together with the batches of other chunks."""
         sampled = sampling.model_dump_json() if hasattr(sampling, "model_dump_json") else repr(sampling)
-        key = (id(prompt), sampled, with_adapter)
-        request = _Request(videos, key)
+        key = (id(prompt), sampled, with_adapter, adapters is not None)
+        request = _Request(videos, key, None if adapters is None else list(adapters))
         me = threading.get_ident()
         with self._cond:
             self._pending.append(request)
@@ -121,7 +124,9 @@ class SharedEngine:
             if batch is None:
                 return _outcome(request)
         try:
-            extra = {} if with_adapter else {"with_adapter": False}
+            extra: dict[str, Any] = {} if with_adapter else {"with_adapter": False}
+            if adapters is not None:
+                extra["adapters"] = [a for r in batch for a in r.adapters or []]
             results = self.engine.caption([v for r in batch for v in r.videos], prompt, sampling, **extra)
             start = 0
             for waiting in batch:

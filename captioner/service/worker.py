@@ -90,7 +90,7 @@ class WorkerRuntime:
 
     def plan(self, options: JobOptions) -> Any:
         """The pipeline plan for a job's options on this worker (cached)."""
-        from captioner.pipeline import make_plan
+        from captioner.planning import make_plan
 
         key = options.model_dump_json()
         with self._lock:
@@ -100,7 +100,7 @@ class WorkerRuntime:
 
     def engine(self, plan: Any) -> SharedEngine:
         """The loaded engine, built now if there is none (first use, or after it died)."""
-        from captioner.pipeline import check_engine, engine_concurrency, load_engine
+        from captioner.planning import check_engine, engine_concurrency, load_engine
 
         with self._lock:
             if self._engine is None:
@@ -201,7 +201,8 @@ def run_chunk(
     chunk's remaining clips are recorded `failed` with the reason. The worker that finishes the
     job's last chunk finishes the job.
     """
-    from captioner.pipeline import ConfigError, RunStats, caption_videos
+    from captioner.planning import ConfigError
+    from captioner.pipeline import RunStats, caption_videos
 
     store, settings = runtime.store, runtime.settings
     job = store.get(job_id)

@@ -118,7 +118,8 @@ def test_decoder_pool_survives_bad_hanging_and_crashing_clips(tmp_path, clip):
     crash = write_clip(tmp_path / "crash.mp4", "sea", seconds=1)
     with FrameDecoder(FrameSpec(8, 64), workers=1, timeout=30, decode=crashing_decode) as decoder:
         crashed, after = decoder.submit(crash), decoder.submit(clip)
-        with pytest.raises(FrameError, match=r"decoder process died \(exit code 139\)") as info:
+        # pebble reports the death with the exit code, or (rarely, its only worker gone) as a broken pool.
+        with pytest.raises(FrameError, match=r"decoder process died \((exit code 139|the pool had no worker left)\)") as info:
             crashed.result(timeout=60)
         assert str(crash) in str(info.value)
         assert after.result(timeout=60).video == str(clip)

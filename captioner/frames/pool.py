@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable
 
@@ -77,5 +78,8 @@ def _translate(inner: Future, outer: Future, path: str, timeout: float) -> None:
         outer.set_exception(FrameError(path, f"decoding took longer than {timeout:g} s; decoder process killed"))
     except ProcessExpired as exc:
         outer.set_exception(FrameError(path, f"decoder process died (exit code {exc.exitcode})"))
+    except BrokenProcessPool:
+        # pebble's other report of the same death, when the clip's worker was the pool's only one.
+        outer.set_exception(FrameError(path, "decoder process died (the pool had no worker left)"))
     except Exception as exc:  # anything else must still fail only this clip
         outer.set_exception(FrameError(path, f"decoding failed ({type(exc).__name__}: {exc})"))

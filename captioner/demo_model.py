@@ -228,7 +228,13 @@ def train_demo_adapter(base_dir: Path, adapter_dir: Path, training: DemoTraining
             batch=training.batch, save_every=training.steps, seed=seed, validate_every=0,
         )  # fmt: skip
         settings = Settings(model=str(base_dir.resolve()), adapter=None, tier="cpu", frames=None, prompt="detailed-ko")
-        result = train(config, settings)
+        log = logging.getLogger(__name__)
+
+        def progress(step: int, total: int, loss: float) -> None:
+            if step % 50 == 0 or step == total:
+                log.info("demo adapter: step %d of %d, loss %.4f", step, total, loss)
+
+        result = train(config, settings, on_step=progress)
         shutil.rmtree(adapter_dir, ignore_errors=True)
         shutil.move(str(work / "adapter"), adapter_dir)
     cfg_path = adapter_dir / "adapter_config.json"

@@ -250,3 +250,23 @@ def test_several_adapters_caption_each_clip_once_decoded_with_every_adapter(home
 
     with pytest.raises(InputError, match="no records of adapter 'other'.*adapters: ad, demo, none"):
         evaluate(out, refs, adapter="other")
+
+
+def test_clips_that_fail_to_decode_are_skipped_with_their_reason(data, tmp_path):
+    from captioner.frames import FrameSpec
+    from captioner.training.examples import Pair, decode_pairs
+
+    folder, _ = data
+    good = sorted(folder.glob("*.mp4"))[0]
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(good.read_bytes()[:300])
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    pairs = [Pair(p, p.stem, ("하늘",)) for p in (good, cut, empty)]
+    decoded = decode_pairs(pairs, FrameSpec(8, 64), tmp_path / "frames")
+    assert [p.video for p in decoded.pairs] == [good] and decoded.frames(0).shape[0] == 8
+    reasons = dict(decoded.skipped)
+    assert set(reasons) == {str(cut), str(empty)}
+    assert "empty" in reasons[str(empty)] and reasons[str(cut)]
+    again = decode_pairs(pairs[:1], FrameSpec(8, 64), tmp_path / "frames")  # the cached frames are reused
+    assert again.files == decoded.files

@@ -1,0 +1,5 @@
+"""`python -m captioner.cli`."""
+
+from captioner.cli import main
+
+main()

@@ -162,6 +162,9 @@ class CaptionEngine:
             kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=len(self.adapters))
         self.llm = LLM(**kwargs)
         self.load_s = time.perf_counter() - started
+        import torch
+
+        self._threads = torch.get_num_threads()
         # One request per adapter; ids start at 1 (vLLM reserves 0). The first keeps the name "caption".
         self._loras = {
             a: LoRARequest("caption" if i == 0 else f"caption-{i + 1}", i + 1, str(a)) for i, a in enumerate(self.adapters)
@@ -183,6 +186,7 @@ class CaptionEngine:
         """
         from vllm import SamplingParams
 
+        self._same_threads()
         loras = list(self._loras.values()) if with_adapter and self._loras else [None]
         self.llm.generate(
             [prompt.prefix_text] * len(loras), SamplingParams(max_tokens=1), lora_request=loras, use_tqdm=False
@@ -227,6 +231,7 @@ class CaptionEngine:
                 )  # fmt: skip
                 results.update(zip(group, outs))
             return [results[i] for i in range(len(videos))]
+        self._same_threads()
         params = SamplingParams(**sampling.model_dump(), seed=self.seed if sampling.temperature > 0 else None)
         requests = [{"prompt": prompt.text, "multi_modal_data": {"video": video}} for video in videos]
         try:
@@ -242,6 +247,20 @@ class CaptionEngine:
                 self.caption([video], prompt, sampling, adapters=[None if lora is None else Path(lora.lora_path)])[0]
                 for video, lora in zip(videos, loras)
             ]
+
+    def _same_threads(self) -> None:
+        """Give the calling thread the OpenMP thread count the engine was built with.
+
+        The count is per thread: a worker's chunk threads start with one thread per core, and vLLM's
+        CPU attention refuses to run on metadata built with another count than its kernels get
+        ("Check failed: input->metadata->thread_num == thread_num (2 vs. 1)", measured in a
+        worker). vLLM turns `torch.set_num_threads` into a no-op once it has bound its threads, so
+        the setting goes through torch's own binding.
+        """
+        import torch
+
+        if self.profile.device == "cpu" and torch.get_num_threads() != self._threads:
+            torch._C.set_num_threads(self._threads)
 
     @staticmethod
     def _to_generation(out: Any) -> Generation:

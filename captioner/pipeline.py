@@ -41,7 +41,7 @@ __all__ = [
     "caption_clips",
     "caption_videos",
     "discover",
-    "pending_videos",
+    "pending_work",
     "run",
     "wait_until_settled",
 ]
@@ -172,11 +172,6 @@ def pending_work(videos: list[Path], out_dir: Path, plan: Plan) -> dict[Path, tu
         if needed:
             work[video] = needed
     return work
-
-
-def pending_videos(videos: list[Path], out_dir: Path, plan: Plan) -> list[Path]:
-    """The videos without an `ok` record for this plan's model, adapter(s) and prompt in `out_dir` (read once)."""
-    return list(pending_work(videos, out_dir, plan))
 
 
 def caption_clips(

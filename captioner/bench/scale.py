@@ -343,6 +343,8 @@ def queue_vs_run(settings: Settings, work: Path, clips: int, chunk_sizes: list[i
             workers.start(name, [*CLI, "worker", "--name", name], sized)
             _wait_alive(server.client, 1, timeout=600)
             settings_for = base.model_copy(update=dict(chunk_size=size or None))
+            # A warm-up that finds its clips done (a reused --work) would leave the engine cold.
+            shutil.rmtree(work / f"queue-warm-out-{size}", ignore_errors=True)
             _wait_done(store, submit([warm], work / f"queue-warm-out-{size}", settings_for), timeout=600)
             out = work / f"queue-out-{size or 'default'}"
             shutil.rmtree(out, ignore_errors=True)

@@ -48,6 +48,19 @@ _torchvision_schemas: torch.library.Library | None = None
 _applied = False
 
 
+def installed_versions(names: list[str]) -> dict[str, str]:
+    """The installed version of each named distribution (those not installed are left out)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
 def apply() -> None:
     """Make ``import vllm`` and the LLaVA-NeXT-Video HF processor work on this machine.
 

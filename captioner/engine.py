@@ -209,8 +209,6 @@ class CaptionEngine:
         """
         if not videos:
             return []
-        from vllm import SamplingParams
-
         if adapters is None:
             loras = [self._lora if with_adapter else None] * len(videos)
         else:
@@ -218,17 +216,21 @@ class CaptionEngine:
             if unknown or len(adapters) != len(videos):
                 raise ValueError(f"caption: adapters {unknown or adapters} do not match the engine's {self.adapters}")
             loras = [None if a is None else self._loras[Path(a)] for a in adapters]
+        return self._generate(videos, prompt, sampling, loras)
+
+    def _generate(
+        self, videos: list[np.ndarray], prompt: RenderedPrompt, sampling: Sampling, loras: list[Any]
+    ) -> list[Generation]:
+        """`caption` with each clip's LoRARequest (None: the base model) resolved."""
+        from vllm import SamplingParams
+
         if None in loras and any(lora is not None for lora in loras):
             # vLLM 0.32's CPU LoRA kernels apply adapters to the base model's requests of a mixed
             # batch (measured: the base then writes the adapter's phrases); base requests go apart.
-            base = [i for i, lora in enumerate(loras) if lora is None]
-            rest = [i for i, lora in enumerate(loras) if lora is not None]
             results: dict[int, Generation] = {}
-            for group in (rest, base):
-                outs = self.caption(
-                    [videos[i] for i in group], prompt, sampling,
-                    adapters=[None if loras[i] is None else Path(loras[i].lora_path) for i in group],
-                )  # fmt: skip
+            for base in (False, True):
+                group = [i for i, lora in enumerate(loras) if (lora is None) == base]
+                outs = self._generate([videos[i] for i in group], prompt, sampling, [loras[i] for i in group])
                 results.update(zip(group, outs))
             return [results[i] for i in range(len(videos))]
         self._same_threads()
@@ -243,10 +245,7 @@ class CaptionEngine:
             if len(videos) == 1:
                 return [Generation("", 0, 0, 0, None, error=f"engine error: {type(exc).__name__}: {exc}")]
             log.warning("batch of %d failed (%s); retrying clip by clip", len(videos), exc)
-            return [
-                self.caption([video], prompt, sampling, adapters=[None if lora is None else Path(lora.lora_path)])[0]
-                for video, lora in zip(videos, loras)
-            ]
+            return [self._generate([video], prompt, sampling, [lora])[0] for video, lora in zip(videos, loras)]
 
     def _same_threads(self) -> None:
         """Give the calling thread the OpenMP thread count the engine was built with.

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from captioner.outputs import CAPTIONS_FILE, PARTS_DIR, VersionKey, dataset_files, output_folder, read_output
-from captioner.textcheck import text_flags
+from captioner.textcheck import record_flags
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +220,7 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         "video": record["video"],
         "video_raw": record.get("video_raw"),
         "caption": record.get("caption") or "",
-        # Records written before the field existed: the same check, on their text.
-        "text_flags": record["text_flags"] if "text_flags" in record else text_flags(record.get("caption")),
+        "text_flags": record_flags(record),
         "model": key.model,
         "adapter": key.adapter,
         "adapter_sha": key.adapter_sha,

@@ -25,6 +25,7 @@ and not at all when it dropped it.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import ftfy
 
@@ -54,6 +55,12 @@ def text_flags(text: str | None) -> list[str]:
     if looks_like_mojibake(text):
         flags.append(MOJIBAKE)
     return flags
+
+
+def record_flags(record: dict[str, Any]) -> list[str]:
+    """A caption record's `text_flags`; for a record written before the field existed, its caption's."""
+    flags = record.get("text_flags")
+    return list(flags) if flags is not None else text_flags(record.get("caption"))
 
 
 def looks_like_mojibake(text: str) -> bool:

@@ -41,7 +41,7 @@ from captioner.evaluation.morphemes import Tokens, get_tokenizer, normalize_text
 from captioner.evaluation.references import InputError, ReferenceSet, load_references, name_stem
 from captioner.outputs import CAPTIONS_FILE, PARTS_DIR, VersionKey, dataset_files, json_objects, output_folder
 from captioner.sources import record_path, video_id
-from captioner.textcheck import MOJIBAKE, REPLACEMENT_CHAR, text_flags
+from captioner.textcheck import MOJIBAKE, REPLACEMENT_CHAR, record_flags
 
 OPENING_WORDS = 2
 BOOTSTRAP_RESAMPLES = 1000
@@ -52,6 +52,7 @@ MAX_TOP_OPENING_SHARE = 0.5
 MAX_NAMED_VIDEOS = 10  # a warning about many clips names this many of them
 
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
+ANY_ADAPTER = "*"  # load_captions: records of every adapter
 
 
 @dataclass
@@ -79,12 +80,12 @@ class CaptionSet:
     records: int
     versions_all: Counter
     warnings: list[str] = field(default_factory=list)
-    adapter: str | None = "*"  # the adapter whose records were kept (`ANY_ADAPTER`: all)
+    adapter: str | None = ANY_ADAPTER  # the adapter whose records were kept
 
     @property
     def name(self) -> str:
         """The path, and the adapter when one was selected: how reports name this set."""
-        return str(self.path) + ("" if self.adapter == "*" else f" (adapter {self.adapter or 'none'})")
+        return str(self.path) + ("" if self.adapter == ANY_ADAPTER else f" (adapter {self.adapter or 'none'})")
 
     @property
     def versions_evaluated(self) -> Counter:
@@ -173,9 +174,6 @@ def version_names(keys: list[VersionKey]) -> dict[VersionKey, str]:
     return {key: key.label() + (f" [{key.digest()}]" if labels[key.label()] > 1 else "") for key in keys}
 
 
-ANY_ADAPTER = "*"  # load_captions: records of every adapter
-
-
 def load_captions(target: Path, adapter: str | None = ANY_ADAPTER) -> CaptionSet:
     """Read the caption records of an output folder or captions file; the last record per video stem wins.
 
@@ -202,7 +200,6 @@ def load_captions(target: Path, adapter: str | None = ANY_ADAPTER) -> CaptionSet
         versions[version] += 1
         paths_seen.setdefault(stem, set()).add(video)
         error = rec.get("error")
-        flags = rec.get("text_flags")
         clips[stem] = EvaluatedClip(
             stem=stem,
             video=video,
@@ -214,7 +211,7 @@ def load_captions(target: Path, adapter: str | None = ANY_ADAPTER) -> CaptionSet
             line=lineno,
             where=where,
             # Flags come from the raw caption: NFC would alter CP949 mojibake (see textcheck).
-            text_flags=list(flags) if flags is not None else text_flags(rec.get("caption")),
+            text_flags=record_flags(rec),
         )
     if not clips:
         raise InputError([f"{target}: no caption records"])

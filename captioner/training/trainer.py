@@ -125,18 +125,17 @@ def check_out_dir(out: Path, resume: bool) -> None:
 
 def _pairing(refs_path: Path, folders: list[Path], what: str) -> Pairing:
     """References and videos of one data set, matched; `TrainError` when nothing can be trained on."""
-    from captioner.sources import SourceError, find_videos
+    from captioner.pipeline import discover
+    from captioner.planning import ConfigError
 
     try:
         refs = load_references(refs_path)
     except InputError as exc:
         raise TrainError(f"{what} references: {exc}") from None
     try:
-        found = find_videos(folders)
-    except SourceError as exc:
+        found = discover(folders)  # as `captioner run` finds them: each folder must hold videos
+    except ConfigError as exc:
         raise TrainError(str(exc)) from None
-    if not found.videos:
-        raise TrainError(found.describe_empty(folders[0]) if len(folders) == 1 else f"no videos in {folders}")
     pairing = pair_videos(found.videos, refs)
     if not pairing.pairs:
         raise TrainError(f"{refs_path}: no {what} reference names a video in the folders given ({pairing.describe()})")

@@ -196,3 +196,8 @@ class Settings(BaseSettings):
     def demo_dir(self) -> Path:
         """Folder of the built-in demo checkpoint."""
         return self.home / "demo"
+
+    @property
+    def uses_demo(self) -> bool:
+        """True when the model or an adapter is the built-in demo checkpoint's (an entry point builds it first)."""
+        return self.model == DEMO or DEMO in (self.adapter, *self.compare_adapters)

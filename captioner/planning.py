@@ -7,20 +7,21 @@ cannot start. `load_engine` builds the vLLM engine a plan describes.
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from captioner.adapters import Adapter, resolve_adapters
 from captioner.config import DEMO, Settings
+from captioner.engine import CaptionEngine, Engine
+from captioner.errors import ConfigError
 from captioner.frames import FrameSpec
-from captioner.outputs import CaptionRecord, VersionKey
 from captioner.prompts import PromptError, RenderedPrompt, check_budget, load_prompt, render, tokens_per_frame
+from captioner.records import Provenance, VersionKey
 from captioner.sizing import ModelShape, Sizing, SizingError, concurrency, disagreement_warning, size
-from captioner.sources import raw_name, video_id
-from captioner.textcheck import text_flags
 from captioner.tiers import TierProfile, cuda_device, resolve_profile
 
 log = logging.getLogger(__name__)
@@ -28,20 +29,6 @@ log = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class ConfigError(Exception):
-    """The run cannot start; the message says why. Nothing has been done yet."""
-
-
-@dataclass(frozen=True)
-class Adapter:
-    """One LoRA adapter a run captions with, or the base model (all fields None)."""
-
-    path: Path | None = None
-    name: str | None = None
-    sha: str | None = None  # of the weights: a retrained adapter in the same folder is another version
-
-
-BASE = Adapter()
 
 
 @dataclass
@@ -60,36 +47,17 @@ class Plan:
     shape: ModelShape  # what the KV cache arithmetic reads from the model's config
     sizing: Sizing  # the KV cache and clips in flight; `profile` carries its max_num_seqs and batch_size
 
-    @property
-    def adapter(self) -> Path | None:
-        """The (first) adapter's folder; None for the base model."""
-        return self.adapters[0].path
-
-    @property
-    def adapter_name(self) -> str | None:
-        """The (first) adapter's name as records store it."""
-        return self.adapters[0].name
-
-    @property
-    def adapter_paths(self) -> list[Path]:
-        """The folders of the adapters the engine must serve."""
-        return [a.path for a in self.adapters if a.path is not None]
-
-    def record(self, video: Path | str, adapter: Adapter | None = None, **fields: Any) -> CaptionRecord:
-        """A record for the file `video` carrying this plan's versions (and `adapter`'s, default the first)."""
+    def made(self, adapter: Adapter | None = None) -> Provenance:
+        """How `adapter`'s captions (default: the first adapter's) are made in this plan: what its records carry."""
         adapter = adapter or self.adapters[0]
-        return CaptionRecord(
-            video=video_id(video),
-            video_raw=raw_name(video),
-            frames=self.frames,
+        return Provenance(
             model=self.model,
             adapter=adapter.name,
             adapter_sha=adapter.sha,
             prompt=self.prompt.spec.identity(),
             tier=self.profile.name,
+            frames=self.frames,
             sampling=self.settings.sampling,
-            text_flags=text_flags(fields.get("caption")),
-            **fields,
         )
 
     def versions(self) -> dict[str, Any]:
@@ -112,8 +80,7 @@ class Plan:
 
     def key_for(self, adapter: Adapter) -> VersionKey:
         """The version key of the records `adapter` writes in this plan."""
-        spec = self.prompt.spec
-        return VersionKey(self.model, adapter.name, adapter.sha, spec.name, spec.version, spec.digest)
+        return self.made(adapter).key
 
     @property
     def key(self) -> VersionKey:
@@ -121,13 +88,17 @@ class Plan:
         return self.key_for(self.adapters[0])
 
 
-def _resolve_model(settings: Settings) -> str:
-    if settings.model == DEMO or DEMO in (settings.adapter, *settings.compare_adapters):
-        from captioner.demo_model import ensure_demo_model
+def resolve_model(settings: Settings) -> str:
+    """The model folder (resolved) or hub id `settings.model` names; `ConfigError` when it cannot be used.
 
-        ensure_demo_model(settings.demo_dir)
+    The demo checkpoint is built by the entry points that need it (`demo.ensure_demo_model`), never here:
+    making a plan only reads.
+    """
     if settings.model == DEMO:
-        return str((settings.demo_dir / "base").resolve())
+        base = settings.demo_dir / "base"
+        if not (base / "config.json").is_file():
+            raise ConfigError(f"{base}: the demo checkpoint is not built; `captioner demo-model` builds it")
+        return str(base.resolve())
     path = Path(settings.model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -140,34 +111,14 @@ def _resolve_model(settings: Settings) -> str:
     raise ConfigError(f"{path}: model folder does not exist")
 
 
-def _resolve_adapters(settings: Settings) -> tuple[Adapter, ...]:
-    """`settings.adapter` then `settings.compare_adapters`, each checked; the same folder twice is refused."""
-    adapters = tuple(_resolve_adapter(ref, settings) for ref in [settings.adapter, *settings.compare_adapters])
-    folders = [a.path for a in adapters]
-    if len(set(folders)) != len(folders):
-        raise ConfigError(f"an adapter is named twice: {', '.join(str(f or 'none') for f in folders)}")
-    return adapters
-
-
-def _resolve_adapter(ref: str | None, settings: Settings) -> Adapter:
-    if ref is None or ref.strip().lower() in ("", "none"):
-        return BASE
-    if ref == DEMO:
-        path, name = settings.demo_dir / "adapter", DEMO
-    else:
-        path = Path(ref).expanduser()
-        name = path.resolve().name
-    if not path.is_dir():
-        raise ConfigError(f"{path}: adapter folder does not exist")
-    weights = sorted(path.glob("adapter_model.*"))
-    if not (path / "adapter_config.json").is_file() or not weights:
-        raise ConfigError(f"{path}: not a PEFT LoRA adapter (needs adapter_config.json and adapter_model.*)")
-    digest = hashlib.sha256()
-    for weight in weights:
-        with weight.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return Adapter(path.resolve(), name, digest.hexdigest()[:12])
+def model_frame_size(settings: Settings) -> int:
+    """The side of the square frames the model takes, read from its config.json alone (no weights, no tokenizer)."""
+    model = resolve_model(settings)
+    config = Path(model) / "config.json"
+    try:
+        return int(json.loads(config.read_text(encoding="utf-8"))["vision_config"]["image_size"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{config}: no vision_config.image_size ({exc}); give the frame size with --frame-size") from None
 
 
 def model_facts(settings: Settings) -> tuple[str, Any, RenderedPrompt, ModelShape]:
@@ -176,7 +127,7 @@ def model_facts(settings: Settings) -> tuple[str, Any, RenderedPrompt, ModelShap
     Reads the checkpoint's config and tokenizer only; `ConfigError` when they cannot be read, are not
     LLaVA-NeXT-Video's, or the prompt does not render.
     """
-    model = _resolve_model(settings)
+    model = resolve_model(settings)
     return (model, *_load_model(model, settings))
 
 
@@ -203,8 +154,8 @@ def _load_model(model: str, settings: Settings) -> tuple[Any, RenderedPrompt, Mo
 
 def make_plan(settings: Settings) -> Plan:
     """Resolve model, adapter, tier, prompt and frames; check the token budget; size the KV cache."""
-    model = _resolve_model(settings)
-    adapters = _resolve_adapters(settings)
+    model = resolve_model(settings)
+    adapters = resolve_adapters(settings)
     try:
         profile = resolve_profile(settings.tier, settings.profile)
     except ValueError as exc:
@@ -286,14 +237,12 @@ def check_fits(sizing: Sizing, profile: TierProfile) -> None:
     )
 
 
-def load_engine(plan: Plan):  # -> CaptionEngine; imported lazily: vLLM takes seconds to import
+def load_engine(plan: Plan) -> CaptionEngine:
     """Build the vLLM engine for `plan` (tens of seconds; do it once per process)."""
-    from captioner.engine import CaptionEngine
-
-    return CaptionEngine(plan.model, plan.profile, adapter=plan.adapter_paths, seed=plan.settings.seed)
+    return CaptionEngine(plan.model, plan.profile, plan.adapters, seed=plan.settings.seed)
 
 
-def engine_concurrency(engine: Any, plan: Plan) -> dict[str, Any]:
+def engine_concurrency(engine: Engine | Any, plan: Plan) -> dict[str, Any]:
     """The plan's computed concurrency beside the one vLLM reports for `engine`; warns when they disagree.
 
     vLLM's figure is its KV cache (blocks of its block size) expressed in clips of the plan's
@@ -308,7 +257,7 @@ def engine_concurrency(engine: Any, plan: Plan) -> dict[str, Any]:
     return record
 
 
-def check_engine(engine: Any, plan: Plan) -> None:
+def check_engine(engine: Engine, plan: Plan) -> None:
     """Refuse to reuse a loaded engine whose model, adapter or settings differ from the plan's.
 
     The concurrency (max_num_seqs, batch) may differ: it follows the frames, which a job may choose.
@@ -319,7 +268,7 @@ def check_engine(engine: Any, plan: Plan) -> None:
         name
         for name, have, want in [
             ("model", engine.model, plan.model),
-            ("adapter", list(getattr(engine, "adapters", [engine.adapter] if engine.adapter else [])), plan.adapter_paths),
+            ("adapter", list(engine.adapters), [a.path for a in plan.adapters if a.path is not None]),
             ("tier profile", engine.profile.model_dump(exclude=derived), plan.profile.model_dump(exclude=derived)),
         ]
         if have != want

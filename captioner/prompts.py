@@ -3,9 +3,8 @@
 Every request renders the system text first and the video after it, so all requests share a
 byte-identical prefix that vLLM's prefix cache computes once.
 
-The repository's `prompts/` is the home of the versioned prompts. A wheel carries a copy of it as
-package data (`captioner/data/prompts`, written by `setup.py` at build time), so an installed
-package needs no checkout. A site may add its own prompts in another folder (`prompts_dir`,
+The repository's `prompts/` is the home of the versioned prompts; `captioner/data/prompts` links to
+it, and a wheel carries the files as package data, so an installed package needs no checkout. A site may add its own prompts in another folder (`prompts_dir`,
 `CAPTIONER_PROMPTS_DIR`): a name is looked up there first, then among the bundled prompts.
 """
 
@@ -20,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_PACKAGED_PROMPTS = Path(__file__).resolve().parent / "data" / "prompts"  # only in a built wheel
-_CHECKOUT_PROMPTS = Path(__file__).resolve().parent.parent / "prompts"  # a checkout or editable install
-# The packaged copy wins: beside an installed package, `../prompts` would be site-packages/prompts,
-# another distribution's if anything. A checkout never holds the copy: the build writes it into the wheel.
-DEFAULT_PROMPTS_DIR = _PACKAGED_PROMPTS if _PACKAGED_PROMPTS.is_dir() else _CHECKOUT_PROMPTS
+from captioner.errors import CaptionerError
+
+# The versioned prompts live in the repository's top-level `prompts/`; `captioner/data/prompts` links
+# to it, so a checkout, an editable install and a built wheel (which copies the files) read one path.
+DEFAULT_PROMPTS_DIR = (Path(__file__).resolve().parent / "data" / "prompts").resolve()
 VIDEO_TOKEN = "<video>"
 # A prompt reference is a name, optionally pinned to a version: `detailed-ko`, `detailed-ko@2`,
 # `detailed-ko@v2`. The same rule as the service's JobOptions; it keeps a reference from
@@ -32,7 +31,7 @@ VIDEO_TOKEN = "<video>"
 PROMPT_REF = re.compile(r"[A-Za-z0-9][\w.-]*(?:@v?[0-9]+)?")
 
 
-class PromptError(Exception):
+class PromptError(CaptionerError):
     """A prompt that cannot be loaded or does not fit the model; the message says why."""
 
 

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from captioner.errors import CaptionerError
 from captioner.prompts import frame_tokens
 from captioner.tiers import TierProfile
 
@@ -40,7 +41,7 @@ AWQ_BITS, AWQ_GROUP = 4, 128
 AGREE_WITHIN = 0.2
 
 
-class SizingError(ValueError):
+class SizingError(CaptionerError, ValueError):
     """The config lacks what the arithmetic needs; the message says what."""
 
 
@@ -210,6 +211,17 @@ class Sizing:
         return data
 
 
+def clips_in_flight(
+    profile: TierProfile, fit: int | None
+) -> tuple[int, Literal["memory", "max_clips", "profile"]]:
+    """`max_num_seqs` and what limits it: the profile's own value, the clips that fit in memory, or `max_clips`."""
+    if profile.max_num_seqs is not None:
+        return profile.max_num_seqs, "profile"
+    if fit is not None and fit < profile.max_clips:
+        return max(fit, 1), "memory"
+    return profile.max_clips, "max_clips"
+
+
 def size(
     shape: ModelShape,
     profile: TierProfile,
@@ -258,13 +270,7 @@ def size(
         blocks = kv_bytes // (per_token * block)
         kv_tokens, fit = blocks * block, clips_fit(blocks, tokens, block)
 
-    limited_by: Literal["memory", "max_clips", "profile"]
-    if profile.max_num_seqs is not None:
-        max_num_seqs, limited_by = profile.max_num_seqs, "profile"
-    elif fit is not None and fit < profile.max_clips:
-        max_num_seqs, limited_by = max(fit, 1), "memory"
-    else:
-        max_num_seqs, limited_by = profile.max_clips, "max_clips"
+    max_num_seqs, limited_by = clips_in_flight(profile, fit)
     batch = profile.batch_size or max_num_seqs
     for name, value in (("max_num_seqs", profile.max_num_seqs), ("batch_size", profile.batch_size)):
         if value is not None and fit is not None and value > fit:

@@ -9,11 +9,16 @@ are CP949 bytes). Discovery keeps videos, counts what it leaves out, and never s
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from captioner.errors import CaptionerError, ConfigError
+
+log = logging.getLogger(__name__)
 
 # Containers people record and export to, matched case-insensitively: phones and cameras (MP4,
 # MOV, 3GP), camcorders (AVCHD .mts/.m2ts, MPEG-2 .mod/.tod, DV), broadcast (TS, MXF), DVD (VOB),
@@ -27,7 +32,7 @@ VIDEO_EXTENSIONS = frozenset(
 )  # fmt: skip
 
 
-class SourceError(Exception):
+class SourceError(CaptionerError):
     """A folder that cannot be captioned; the message names it and the reason."""
 
 
@@ -152,3 +157,41 @@ def record_path(record: dict[str, Any]) -> Path:
     """The file a record is about (inverse of `video_id` + `raw_name`)."""
     raw = record.get("video_raw")
     return Path(os.fsdecode(base64.b64decode(raw))) if isinstance(raw, str) and raw else Path(record["video"])
+
+
+def discover(folders: list[Path], settle_seconds: float = 0.0) -> Found:
+    """All videos under `folders`; `ConfigError` when a folder is missing, unreadable or has none.
+
+    Files modified within `settle_seconds` are in `Found.settling`, not in `Found.videos`.
+    """
+    try:
+        found = find_videos(folders, settle_seconds)
+    except SourceError as exc:
+        raise ConfigError(str(exc)) from None
+    for problem in found.unreadable:
+        log.warning("skipped unreadable folder %s", problem)
+    for folder in folders:
+        root = Path(folder).resolve()
+        if not any(video.is_relative_to(root) for video in found.videos + found.settling):
+            raise ConfigError(found.describe_empty(folder))
+    return found
+
+
+def wait_until_settled(found: Found, settle_seconds: float, poll_s: float = 1.0) -> None:
+    """Block until no file in `found.settling` has changed for `settle_seconds`; move them to `videos`."""
+    while found.settling:
+        now = time.time()
+        ages = {path: now - _mtime(path) for path in found.settling}
+        settled = [path for path, age in ages.items() if age >= settle_seconds]
+        found.videos = sorted(found.videos + settled)
+        found.settling = [path for path in found.settling if path not in settled]
+        if found.settling:
+            log.warning("waiting for %d files still being written", len(found.settling))
+            time.sleep(min(poll_s, max(0.05, settle_seconds - min(ages[p] for p in found.settling))))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0  # gone: settled as far as waiting goes; the frame stage reports it

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner.synth import write_clip
+from captioner.demo.scenes import write_clip
 
 
 def audio_only(path: Path) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from captioner.config import Settings
-from captioner.synth import write_clips
+from captioner.demo.scenes import write_clips
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +16,7 @@ def home(tmp_path_factory) -> Path:
     """CAPTIONER_HOME for the session (the demo checkpoint is built here once), also for subprocesses."""
     path = tmp_path_factory.mktemp("home")
     os.environ["CAPTIONER_HOME"] = str(path)
-    from captioner.demo_model import build_demo_model
+    from captioner.demo import build_demo_model
 
     # The random adapter: the suite's tests need an adapter that changes outputs, not a trained one
     # (test_train trains its own; `make demo` and `captioner demo-model` train the demo adapter).

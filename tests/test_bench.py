@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from captioner.synth import write_clips
+from captioner.demo.scenes import write_clips
 
 KEYS = [
     "videos_per_s", "output_tokens_per_s", "decode_only_videos_per_s", "engine_only_videos_per_s",

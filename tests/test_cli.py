@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from captioner.outputs import read_records
-from captioner.synth import write_clips
+from captioner.demo.scenes import write_clips
+from captioner.records import read_records
 
 CLI = [sys.executable, "-m", "captioner.cli"]
 

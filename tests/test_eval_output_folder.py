@@ -1,4 +1,4 @@
-"""`captioner eval` and `quantize --calibration` read an output folder as `outputs.read_output` does.
+"""`captioner eval` and `quantize --calibration` read an output folder as `captioner.records.read_output` does.
 
 A folder's records live in `captions.jsonl` and in the part files queue workers write
 (`parts/JOB.jsonl`, `parts/JOB/CHUNK.jsonl`); eval reads them all, strictly (every malformed line
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from captioner.evaluation.captions import load_captions
+from captioner.evaluation.command import EXIT_BAD_INPUT, EXIT_OK, run_eval
 from captioner.evaluation.references import InputError
-from captioner.evaluation.run import EXIT_BAD_INPUT, EXIT_OK, load_captions, run_eval
-from captioner.outputs import CaptionRecord, latest_by_video, read_output
+from captioner.records import CaptionRecord, latest_by_video, read_output
 
 P1 = {"name": "detailed", "version": 1, "sha": "aaaaaaaaaaaa"}
 P2 = {"name": "detailed", "version": 2, "sha": "bbbbbbbbbbbb"}
@@ -88,6 +89,21 @@ def test_malformed_line_in_a_part_file_names_it(folder):
     with pytest.raises(InputError) as info:
         load_captions(folder)
     assert [p.split(": ", 1)[0] for p in info.value.problems] == [f"{part}:2", f"{part}:3"]
+
+
+def test_a_file_that_is_not_utf8_is_named_and_an_unterminated_last_line_is_read(folder):
+    # read_output replaces bytes that are not UTF-8: eval must not score a silently altered dataset.
+    # A last line without a newline (a file another tool wrote) is a record like the others.
+    line = rec("sky", "하늘", "2T11:00:00").to_json().encode("utf-8")
+    (folder / "parts" / "job3.jsonl").write_bytes(line + b"\n" + line[:-2] + b"\xff\"}\n")
+    with pytest.raises(InputError) as info:
+        load_captions(folder)
+    assert [p.split(": ", 1)[0] for p in info.value.problems] == [f"{folder / 'parts' / 'job3.jsonl'}"]
+    assert "not UTF-8 text" in info.value.problems[0]
+    (folder / "parts" / "job3.jsonl").unlink()
+    unterminated = rec("unterminated", "강", "2T11:00:01").to_json().encode("utf-8")
+    (folder / "parts" / "job4.jsonl").write_bytes(b"\xef\xbb\xbf" + line + b"\n" + unterminated)
+    assert "unterminated" in {clip.stem for clip in load_captions(folder).clips.values()}
 
 
 def test_empty_folder_is_bad_input(tmp_path, capsys):

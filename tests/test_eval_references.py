@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from captioner.evaluation.captions import load_captions
 from captioner.evaluation.references import InputError, load_references, video_stem
-from captioner.evaluation.run import load_captions
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:

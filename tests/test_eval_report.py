@@ -13,7 +13,7 @@ import av
 import numpy as np
 import pytest
 
-from captioner.evaluation.run import run_eval
+from captioner.evaluation.command import run_eval
 
 CHROMIUM_FLAGS = [
     "--headless",

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from captioner.evaluation.command import EXIT_BAD_INPUT, EXIT_OK, run_eval
 from captioner.evaluation.references import MAX_LISTED_PROBLEMS, load_references
-from captioner.evaluation.run import EXIT_BAD_INPUT, EXIT_OK, run_eval
-from captioner.outputs import CaptionRecord
+from captioner.records import CaptionRecord
 from captioner.textcheck import MOJIBAKE, REPLACEMENT_CHAR, text_flags
 
 SEA = "푸른 바다 위로 하얀 파도가 부서진다."

@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from captioner.cli import app
-from captioner.export import COLUMNS
-from captioner.outputs import CaptionRecord, VersionKey
+from captioner.records.export import COLUMNS
+from captioner.records import CaptionRecord, VersionKey
 from captioner.sources import raw_name, record_path, video_id
 
 MODEL = "/models/LLaVA-NeXT-Video-7B-hf"

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from captioner.frames import DEFAULT_TOLERANCE, decode_size
-from captioner.outputs import read_records
+from captioner.records import read_records
 from captioner.sources import record_path, video_id
 from tests.fieldclips import FieldClip, check_upright, read_label, write_field_folder
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from captioner.demo.scenes import write_clip
 from captioner.frames import FrameDecoder, FrameError, FrameSpec, choose_frames, decode_size, sample_frames
 from captioner.sources import SourceError, find_videos
-from captioner.synth import write_clip
 from tests.badfiles import crashing_decode, hanging_decode, write_bad_files
 
 

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from captioner.adapters import BASE
+from captioner.captioning import caption_folders as run
+from captioner.errors import ConfigError
 from captioner.frames import sample_frames
-from captioner.outputs import read_records
-from captioner.planning import ConfigError, check_engine, make_plan
-from captioner.pipeline import run
+from captioner.planning import check_engine, make_plan
+from captioner.records import read_records
 from tests.badfiles import write_bad_files
 
 BAD_REASONS = {
@@ -130,7 +132,7 @@ def test_lora_adapter_changes_the_caption(engine, plan, clip_dir):
     frames = [sample_frames(p, plan.frames, plan.frame_size) for p in sorted(clip_dir.glob("*.mp4"))[:2]]
     sampling = plan.settings.sampling_params()
     with_lora = engine.caption(frames, plan.prompt, sampling)
-    without = engine.caption(frames, plan.prompt, sampling, with_adapter=False)
+    without = engine.caption(frames, plan.prompt, sampling, adapters=[BASE] * len(frames))
     again = engine.caption(frames, plan.prompt, sampling)
     assert [g.text for g in with_lora] == [g.text for g in again]  # greedy: repeatable
     assert [g.text for g in with_lora] != [g.text for g in without]

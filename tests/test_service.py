@@ -2,7 +2,8 @@
 
 The tests start their own `redis-server` (append-only file, so a restart keeps the queue) on a free
 port, and two `captioner worker` processes on the demo checkpoint, shared by the module. Worker
-tests run in file order; the last two kill a worker and restart Redis.
+tests run in file order; the last two kill a worker and restart Redis. The servers and workers are
+`tests.service_support`'s, shared with `test_service_adapters`.
 """
 
 from __future__ import annotations
@@ -10,152 +11,50 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from captioner.config import Settings
-from captioner.outputs import dataset_files, read_output, read_records
+from captioner.demo.scenes import write_clip, write_clips
+from captioner.records import dataset_files, read_output, read_records
 from captioner.service import (
     JobNotFound,
     JobStore,
     SubmitError,
     cancel,
+    chunks_in_flight,
     enqueue,
     job_options,
     secure_url,
     status,
     submit,
 )
-from captioner.service import chunks_in_flight
 from captioner.service.celery_app import CHUNK_TASK, NIGHTLY_TASK
 from captioner.sources import video_id
-from captioner.synth import write_clip, write_clips
-from tests.compose import captioner_args, healthcheck_args, with_option
+from tests.compose import captioner_args, healthcheck_args
+from tests.service_support import (
+    CLI,
+    RedisServer,
+    Worker,
+    clips,
+    free_port,
+    one_record_each,
+    queued,
+    settled,
+    wait_job,
+    worker_environment,
+)
 
-CLI = [sys.executable, "-m", "captioner.cli"]
 CHUNK = 2  # videos per chunk in these tests
 VISIBILITY = 900  # s before Celery redelivers a vanished worker's chunk (production: an hour): heartbeats come first
 # s of silence before a worker counts as dead (production: 90). On CPU the engine runs inside the
 # worker process and can hold the GIL for seconds under a loaded suite; 5 s was seen to lapse.
 DEAD_AFTER = 10
-HOST = socket.gethostname()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A redis-server of our own, persisting to an append-only file so it survives a restart."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.port = _free_port()
-        self.proc: subprocess.Popen | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-            stdout=(self.dir / "redis.log").open("a"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: redis flushes the AOF and exits
-            self.proc.wait(30)
-
-
-class Worker:
-    """A `captioner worker` process (its own process group, so its decoder processes die with it)."""
-
-    def __init__(self, name: str, env: dict[str, str], logs: Path, metrics_port: int) -> None:
-        self.name = f"{name}@{HOST}"
-        self.log = logs / f"{name}.log"
-        self.metrics_port = metrics_port
-        # The GPU worker's command in docker/compose.yaml, with this worker's name.
-        args = with_option(captioner_args("worker-gpu0"), "--name", f"{name}@%h")
-        self.proc = subprocess.Popen(
-            [*CLI, *args],
-            env=dict(env, CAPTIONER_METRICS_PORT=str(metrics_port)),
-            stdout=self.log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-
-    def metrics(self) -> dict[str, float]:
-        """Scrape the worker's /metrics: {'name{label="v"}': value}."""
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
-        samples = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-        return samples
-
-    def wait_ready(self, timeout: float = 240) -> None:
-        deadline = time.monotonic() + timeout
-        while f"{self.name} ready." not in self.log.read_text(errors="replace"):
-            assert self.proc.poll() is None, f"worker {self.name} exited:\n{self.log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"worker {self.name} not ready:\n{self.log.read_text()[-3000:]}"
-            time.sleep(0.5)
-
-    def kill(self) -> None:
-        """SIGKILL the worker process alone, as the OOM killer would."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(30)
-
-
-def wait_job(store: JobStore, job_id: str, timeout: float = 180, states=("done", "cancelled", "failed")) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        current = status(store, job_id)
-        if current["state"] in states:
-            return current
-        assert time.monotonic() < deadline, f"job still {current}"
-        time.sleep(0.3)
-
-
-def queued(client: redis.Redis, queue: str = "captioner") -> int:
-    """Messages waiting in `queue`, over kombu's per-priority lists (NAME, NAME\x06\x16N)."""
-    return sum(client.llen(key) for key in [queue] + [f"{queue}\x06\x16{n}" for n in range(1, 10)])
-
-
-def one_record_each(out: Path, videos: list[Path]) -> dict[str, dict]:
-    """Assert every line of the output folder's files is a whole JSON record and each video has exactly one."""
-    lines = [line for path in dataset_files(out) for line in path.read_text(encoding="utf-8").splitlines()]
-    records = [json.loads(line) for line in lines]  # a corrupt (interleaved) line fails here
-    counts = Counter(r["video"] for r in records)
-    assert counts == Counter(video_id(v) for v in videos), counts
-    return {r["video"]: r for r in records}
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -190,33 +89,29 @@ def store(svc_settings: Settings) -> JobStore:
 
 @pytest.fixture(scope="module")
 def worker_env(home: Path, server: RedisServer, root: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTIONER_")}
-    env.update(
-        CAPTIONER_HOME=str(home),
-        CAPTIONER_BROKER_URL=server.url,
-        CAPTIONER_ALLOWED_ROOTS=str(root),
-        CAPTIONER_TIER="cpu",
-        CAPTIONER_ADAPTER="demo",
-        CAPTIONER_SAMPLING="deterministic",
-        CAPTIONER_CHUNK_SIZE=str(CHUNK),
-        CAPTIONER_VISIBILITY_TIMEOUT=str(VISIBILITY),
-        CAPTIONER_DEAD_AFTER_S=str(DEAD_AFTER),
-        CAPTIONER_HEARTBEAT_S="1",
-        CAPTIONER_JOB_TTL="600",
-        CAPTIONER_NIGHTLY_FOLDERS=f"{root}/watched:{root}/watched-missing",
-        CAPTIONER_NIGHTLY_OUT=f"{root}/nightly-out",
+    return worker_environment(
+        home, server, root,
+        tier="cpu",
+        adapter="demo",
+        sampling="deterministic",
+        chunk_size=str(CHUNK),
+        visibility_timeout=str(VISIBILITY),
+        dead_after_s=str(DEAD_AFTER),
+        heartbeat_s="1",
+        job_ttl="600",
+        nightly_folders=f"{root}/watched:{root}/watched-missing",
+        nightly_out=f"{root}/nightly-out",
         # Two engines beside the test session's: a small KV cache is plenty for the demo model.
-        CAPTIONER_PROFILE__KV_CACHE_GIB="0.25",
+        profile__kv_cache_gib="0.25",
         # One clip per generate() call, so records appear one by one and a kill lands mid-chunk.
-        CAPTIONER_PROFILE__BATCH_SIZE="1",
-    )
-    return env
+        profile__batch_size="1",
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def workers(worker_env, beat, tmp_path_factory):
     logs = tmp_path_factory.mktemp("worker-logs")
-    started = [Worker("w1", worker_env, logs, _free_port()), Worker("w2", worker_env, logs, _free_port())]
+    started = [Worker("w1", worker_env, logs, free_port()), Worker("w2", worker_env, logs, free_port())]
     try:
         for worker in started:
             worker.wait_ready()
@@ -238,17 +133,6 @@ def beat(worker_env, tmp_path_factory):
     yield proc, log
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(30)
-
-
-def clips(folder: Path, n: int) -> list[Path]:
-    return [settled(clip) for clip in sorted(write_clips(folder, n, seconds=1, fps=10, width=128, height=72))]
-
-
-def settled(path: Path) -> Path:
-    """`path` as if copied in ten minutes ago: queued jobs leave files younger than settle_seconds."""
-    old = time.time() - 600
-    os.utime(path, (old, old))
-    return path
 
 
 # --------------------------------------------------------------------------- configuration
@@ -305,7 +189,7 @@ def test_celery_app_is_json_only_late_acking_and_schedules_the_nightly_job():
 
 
 def _append(path: Path, worker: int, count: int) -> None:
-    from captioner.outputs import CaptionRecord, RecordWriter
+    from captioner.records import CaptionRecord, RecordWriter
 
     with RecordWriter(path) as writer:
         for i in range(count):
@@ -313,7 +197,7 @@ def _append(path: Path, worker: int, count: int) -> None:
 
 
 def _compact_repeatedly(path: Path, times: int) -> None:
-    from captioner.outputs import compact
+    from captioner.records import compact
 
     for _ in range(times):
         compact(path)
@@ -323,7 +207,7 @@ def test_compaction_while_workers_append_loses_no_record(tmp_path):
     """`captioner run` compacts captions.jsonl while other runs may still append to it."""
     import multiprocessing
 
-    from captioner.outputs import CaptionRecord, RecordWriter
+    from captioner.records import CaptionRecord, RecordWriter
 
     path = tmp_path / "captions.jsonl"
     with RecordWriter(path) as writer:  # superseded records, so every compaction rewrites the file
@@ -385,7 +269,7 @@ def test_cli_rejects_an_unreadable_folder_and_an_unreachable_redis(server, root,
     assert f"{locked}: folder is not readable" in result.stderr
     assert queued(redis.Redis(port=server.port)) == 0
 
-    dead = f"redis://127.0.0.1:{_free_port()}/0"
+    dead = f"redis://127.0.0.1:{free_port()}/0"
     started = time.monotonic()
     result = subprocess.run([*CLI, "submit", str(locked), "--out", str(root / "out")],
                             env=dict(worker_env, CAPTIONER_BROKER_URL=dead), capture_output=True, text=True,
@@ -399,18 +283,20 @@ def test_cli_rejects_an_unreadable_folder_and_an_unreachable_redis(server, root,
 
 
 class _FakeEngine:
-    """Stands in for vLLM where a real engine cannot be made to die: the CPU engine runs in-process."""
+    """An `Engine` standing in for vLLM where a real engine cannot be made to die: the CPU engine runs in-process."""
 
     def __init__(self, plan: Any, dies: bool) -> None:
-        self.model, self.adapter, self.profile, self.dies = plan.model, plan.adapter, plan.profile, dies
+        self.model, self.profile, self.dies = plan.model, plan.profile, dies
+        self.adapters = [adapter.path for adapter in plan.adapters if adapter.path is not None]
+        self.kv, self.load_s = None, 0.0
 
-    def warm_prefix(self, prompt: Any) -> None:
+    def warm_prefix(self, prompt: Any, with_adapter: bool = True) -> None:
         pass
 
     def shareable_prefix_tokens(self, prompt: Any) -> int:
         return 0
 
-    def caption(self, videos: list, prompt: Any, sampling: Any) -> list:
+    def caption(self, videos: list, prompt: Any, sampling: Any, adapters: Any = None) -> list:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         from captioner.engine import Generation
@@ -556,7 +442,7 @@ def test_workers_serve_prometheus_metrics(workers, worker_env, svc_settings, sto
         healthy = subprocess.run([*CLI, *healthcheck_args("worker-gpu0")], env=env, capture_output=True, text=True,
                                  timeout=60)  # fmt: skip
         assert healthy.returncode == 0, healthy.stderr
-    nobody = dict(worker_env, CAPTIONER_METRICS_PORT=str(_free_port()))
+    nobody = dict(worker_env, CAPTIONER_METRICS_PORT=str(free_port()))
     sick = subprocess.run([*CLI, *healthcheck_args("worker-gpu0")], env=nobody, capture_output=True, text=True,
                           timeout=60)  # fmt: skip
     assert sick.returncode == 1 and "worker not ready" in sick.stderr

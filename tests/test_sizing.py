@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from captioner.config import Settings
-from captioner.planning import ConfigError, check_fits
+from captioner.errors import ConfigError
+from captioner.planning import check_fits
 from captioner.sizing import (
     GIB,
     EngineKV,

@@ -84,7 +84,7 @@ def test_a_missing_folder_is_named(tmp_path):
 
 
 def test_run_can_wait_for_files_still_being_written(tmp_path):
-    from captioner.pipeline import discover, wait_until_settled
+    from captioner.sources import discover, wait_until_settled
 
     old = touch(tmp_path / "old.mp4")
     fresh = touch(tmp_path / "fresh.mp4", age_s=0)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from captioner.outputs import CAPTIONS_FILE, CaptionRecord, PartWriter, RecordWriter, VersionKey
-from captioner.service.store import JobStore, video_key
+from captioner.records import CAPTIONS_FILE, CaptionRecord, PartWriter, RecordWriter, VersionKey
+from captioner.service.done_index import IndexKeys, video_key
+from captioner.service.store import JobStore
 
 URL = os.environ.get("CAPTIONER_TEST_REDIS", "redis://127.0.0.1:6379/13")
 PROMPT = {"name": "p", "version": 1, "sha": "s"}
@@ -44,7 +45,7 @@ def test_done_index_is_rebuilt_from_the_files_once_and_again_when_they_change(st
     store.ensure_index(out, KEY)
     assert store.done(out, KEY, videos) == [True, False, True, False, False]
     # Unchanged files: no rebuild (a member removed by hand stays removed).
-    done_set = store._index_keys(out, KEY)[0]
+    done_set = IndexKeys.of(out, KEY).done
     store.redis.srem(done_set, video_key("/v/c.mp4"))
     store.ensure_index(out, KEY)
     assert store.done(out, KEY, videos)[2] is False

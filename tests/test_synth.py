@@ -13,9 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captioner.evaluation.references import load_references
-from captioner.frames import sample_frames
-from captioner.synth import (
+from captioner.demo.scenes import (
     CATEGORIES,
     DIRECTIONS,
     FAMILIES,
@@ -24,8 +22,8 @@ from captioner.synth import (
     SCENES,
     TIMES,
     WEATHERS,
+    Painter,
     SceneSpec,
-    _Painter,
     random_spec,
     references,
     write_clip,
@@ -34,6 +32,8 @@ from captioner.synth import (
     write_references,
     write_scene,
 )
+from captioner.evaluation.references import load_references
+from captioner.frames import sample_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_SPECS = [SceneSpec(*combo) for combo in itertools.product(FAMILIES, TIMES, WEATHERS, DIRECTIONS)]
@@ -105,9 +105,9 @@ def test_random_spec_covers_every_combination_evenly():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from captioner.demo_model import _build_tokenizer
+    from captioner.demo.checkpoint import build_tokenizer
 
-    return _build_tokenizer()
+    return build_tokenizer()
 
 
 def test_references_are_nfc_deterministic_and_of_bounded_length(tokenizer):
@@ -163,9 +163,9 @@ def test_bundled_samples_are_the_drawn_specs_with_their_references(tmp_path):
 
 def test_same_spec_other_seed_differs_in_details():
     spec = SceneSpec("city", "evening", "snow", "right_to_left")
-    a, b = _Painter(spec, 160, 96, 1).frame(0.5), _Painter(spec, 160, 96, 2).frame(0.5)
+    a, b = Painter(spec, 160, 96, 1).frame(0.5), Painter(spec, 160, 96, 2).frame(0.5)
     assert not np.array_equal(a, b)
-    assert np.array_equal(a, _Painter(spec, 160, 96, 1).frame(0.5))
+    assert np.array_equal(a, Painter(spec, 160, 96, 1).frame(0.5))
 
 
 def test_drawing_is_fast():
@@ -173,7 +173,7 @@ def test_drawing_is_fast():
     for _ in range(3):  # best of three: the machine is shared
         start = time.perf_counter()
         for spec in (SceneSpec("sea", weather="snow"), SceneSpec("palace", weather="rain")):
-            painter = _Painter(spec, 160, 96, 0)
+            painter = Painter(spec, 160, 96, 0)
             for i in range(20):  # 2 s at 10 fps
                 painter.frame(i / 19)
         best = min(best, (time.perf_counter() - start) / 2)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from captioner.outputs import CaptionRecord
+from captioner.records import CaptionRecord
 from captioner.textcheck import MOJIBAKE, REPLACEMENT_CHAR, looks_like_mojibake, mojibake_encoding, text_flags
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,22 +172,15 @@ def test_caption_record_carries_text_flags_and_old_lines_lack_them():
     assert json.loads(record.to_json())["text_flags"] == []
 
 
-def test_plan_record_sets_the_flags_from_the_caption():
-    from captioner.planning import BASE, Plan
+def test_a_built_record_gets_its_flags_from_the_caption():
+    from captioner.records import Provenance, failed_record
 
-    stand_in = SimpleNamespace(
-        frames=8,
-        model="m",
-        adapters=(BASE,),
-        prompt=SimpleNamespace(spec=SimpleNamespace(identity=lambda: {"name": "p", "version": 1, "sha": "x"})),
-        profile=SimpleNamespace(name="cpu"),
-        settings=SimpleNamespace(sampling="deterministic"),
-    )
+    made = Provenance("m", None, None, {"name": "p", "version": 1, "sha": "x"}, "cpu", 8, "deterministic")
     garbled = "바다가 보인다".encode("utf-8").decode("cp949", errors="replace")
-    record = Plan.record(stand_in, Path("/v/a.mp4"), status="ok", caption=garbled, error=None)
+    record = made.stamp(Path("/v/a.mp4"), status="ok", caption=garbled, error=None)
     assert record.text_flags == [REPLACEMENT_CHAR, MOJIBAKE]
     assert json.loads(record.to_json())["text_flags"] == [REPLACEMENT_CHAR, MOJIBAKE]
-    clean = Plan.record(stand_in, Path("/v/b.mp4"), status="ok", caption="바다가 보인다", error=None)
+    clean = made.stamp(Path("/v/b.mp4"), status="ok", caption="바다가 보인다", error=None)
     assert clean.text_flags == []
-    failed = Plan.record(stand_in, Path("/v/c.mp4"), status="failed", caption="", error="bad")
+    failed = failed_record(made, Path("/v/c.mp4"), "bad")
     assert failed.text_flags == []

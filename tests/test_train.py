@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from captioner.config import SAMPLING_PRESETS, Settings
-from captioner.synth import write_clips
+from captioner.demo.scenes import write_clips
 
 ROOT = Path(__file__).resolve().parent.parent
 CAPTIONS = {  # one per scene of `write_clips`
@@ -112,10 +112,11 @@ def test_vllm_serves_the_adapter_as_trained(home, data, trained, fp32_engine):
     preset = SAMPLING_PRESETS["deterministic"]
     params = SamplingParams(**(preset.model_dump() | {"max_tokens": 60}))
     clips = sorted(folder.glob("*.mp4"))[:3]
+    trained_lora = engine._loras[plan.adapters[0].path]  # the engine's request for the trained adapter
     for clip in clips:
         frames = decode_clip(clip, FrameSpec(plan.frames, plan.frame_size)).frames
         request = [{"prompt": plan.prompt.text, "multi_modal_data": {"video": frames}}]
-        served = engine.llm.generate(request, params, lora_request=engine._lora, use_tqdm=False)[0]
+        served = engine.llm.generate(request, params, lora_request=trained_lora, use_tqdm=False)[0]
         base = engine.llm.generate(request, params, use_tqdm=False)[0]
         inputs = encoder.prompt_inputs(frames)
         # The training prompt is token for token what vLLM receives (video placeholder expanded).
@@ -191,11 +192,10 @@ def test_a_killed_training_run_resumes(home, data, tmp_path):
 
 
 def test_several_adapters_caption_each_clip_once_decoded_with_every_adapter(home, data, trained, fp32_engine, tmp_path):
-    from captioner.evaluation.run import evaluate
-    from captioner.frames import FrameDecoder
-    from captioner.frames import decode_clip
-    from captioner.outputs import CAPTIONS_FILE, RecordWriter, read_output
-    from captioner.pipeline import RunStats, caption_videos, pending_work
+    from captioner.captioning import CaptionStats, caption_videos, pending_work
+    from captioner.evaluation.command import evaluate
+    from captioner.frames import FrameDecoder, decode_clip
+    from captioner.records import CAPTIONS_FILE, RecordWriter, read_output
 
     plan, engine = fp32_engine
     folder, refs = data
@@ -211,11 +211,11 @@ def test_several_adapters_caption_each_clip_once_decoded_with_every_adapter(home
 
     def caption(todo: dict) -> None:
         with CountingDecoder(plan.frame_spec, 2) as decoder, RecordWriter(out / CAPTIONS_FILE) as writer:
-            caption_videos(list(todo), writer, plan, lambda: engine, RunStats(), decoder=decoder, needs=todo)
+            caption_videos(list(todo), writer, plan, lambda: engine, CaptionStats(), decoder=decoder, needs=todo)
 
     # One clip already has the trained adapter's record: it needs only the two others.
     done = videos[0]
-    (out / CAPTIONS_FILE).write_text(plan.record(done, status="ok", caption="있다", error=None).to_json() + "\n")
+    (out / CAPTIONS_FILE).write_text(plan.made().stamp(done, status="ok", caption="있다", error=None).to_json() + "\n")
     todo = pending_work(videos, out, plan)
     assert [a.name for a in todo[done]] == ["demo", None] and len(todo) == len(videos)
     caption(todo)
@@ -241,7 +241,7 @@ def test_several_adapters_caption_each_clip_once_decoded_with_every_adapter(home
     frames = decode_clip(clip, plan.frame_spec).frames
     sampling = plan.settings.sampling_params()
     for adapter in plan.adapters:
-        alone = engine.caption([frames], plan.prompt, sampling, adapters=[adapter.path])[0].text
+        alone = engine.caption([frames], plan.prompt, sampling, adapters=[adapter])[0].text
         assert alone == next(r["caption"] for r in records if r["video"] == str(clip) and r["adapter"] == adapter.name)
 
     # eval compares two adapters of the one run.

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from captioner.demo.scenes import write_clips
 from captioner.prompts import load_prompt
-from captioner.synth import write_clips
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 SITE_PROMPT = "site-ko"

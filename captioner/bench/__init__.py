@@ -25,12 +25,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from captioner.bench.clips import _LABELS, bench_clips
-from captioner.bench.common import _in_child
-from captioner.bench.engine_runs import _engine_only_worker, _engine_runs
-from captioner.bench.frame_stage import FrameStage, _frame_stage
-from captioner.bench.naive import _naive
-from captioner.bench.report import TARGET_NOTES, TARGETS, _result, _targets, table
+from captioner.bench.clips import SET_LABELS, bench_clips
+from captioner.bench.common import in_child_process
+from captioner.bench.engine_runs import measure_loaded_engine, time_fresh_engine
+from captioner.bench.frame_stage import FrameStage, measure_frame_stage
+from captioner.bench.naive import measure_naive
+from captioner.bench.results import bench_result, table
+from captioner.bench.targets import TARGET_NOTES, TARGETS, check_targets
 from captioner.planning import make_plan
 
 __all__ = ["TARGETS", "TARGET_NOTES", "bench_clips", "run_bench", "table"]
@@ -55,18 +56,18 @@ def run_bench(
 
     stages: dict[str, FrameStage] = {}
     for name, paths in sets.items():
-        log(f"frame stage, {_LABELS[name]}: tolerance {plan.frame_spec.tolerance:g} and exact frames"
+        log(f"frame stage, {SET_LABELS[name]}: tolerance {plan.frame_spec.tolerance:g} and exact frames"
             + (", then full size + resize" if name == headline else ""))
-        stages[name] = _frame_stage(plan, paths, with_resize=name == headline)
+        stages[name] = measure_frame_stage(plan, paths, with_resize=name == headline)
 
     paths = sets[headline]
     frames = [clip.frames for clip in stages[headline].default.clips]
     log("engine only, prefix cache off (separate process)")
-    engine_off = _in_child(_engine_only_worker, settings, frames, False)
+    engine_off = in_child_process(time_fresh_engine, settings, frames, False)
     log(f"naive: exact frames, HF processor + generate, one clip at a time, {naive_clips} clips (separate process)")
-    naive = _naive(plan, paths[:naive_clips])
-    runs = _engine_runs(plan, frames, paths, memory_clips, log)
+    naive = measure_naive(plan, paths[:naive_clips])
+    runs = measure_loaded_engine(plan, frames, paths, memory_clips, log)
 
-    result = _result(plan, stages, headline, engine_off, naive, runs)
-    result["targets"] = _targets(result)
+    result = bench_result(plan, stages, headline, engine_off, naive, runs)
+    result["targets"] = check_targets(result)
     return result

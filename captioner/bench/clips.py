@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from captioner.synth import SCENES, write_clip
+from captioner.demo.scenes import SCENES, write_clip
 
 # Realistic footage: 720p and 1080p, 5-30 s, 30 fps (as the AI-Hub background clips), at bitrates
 # of camera footage; film grain gives the encoder something to spend them on.
@@ -17,7 +17,7 @@ _GRAIN = 10
 # Frames between keyframes at 30 fps: cameras write one every 0.5 or 1 s; x264's default is 250.
 _CAMERA_GOPS = (15, 30)
 _WEB_GOP = 250
-_LABELS = {"camera": "camera-style", "web": "web-style", "own": "own footage"}
+SET_LABELS = {"camera": "camera-style", "web": "web-style", "own": "own footage"}
 
 
 def bench_clips(folder: Path, count: int, fps: int = 30) -> dict[str, list[Path]]:
@@ -53,7 +53,7 @@ def _bench_clip(folder: Path, style: str, i: int, gop: int, fps: int) -> Path:
     return path
 
 
-def _describe(clip: Path) -> dict[str, Any]:
+def describe_clip(clip: Path) -> dict[str, Any]:
     """Size, length, bitrate and keyframe spacing of a clip, from its packets."""
     from captioner.frames.probe import probe
 

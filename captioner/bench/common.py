@@ -6,7 +6,7 @@ import multiprocessing
 from typing import Any, Callable
 
 
-def _in_child(function: Callable[..., Any], *args: Any) -> Any:
+def in_child_process(function: Callable[..., Any], *args: Any) -> Any:
     """Run `function(*args)` in a fresh spawned process that exits afterwards.
 
     Each side of a comparison gets the machine (and, on a GPU, the device memory) to itself:
@@ -16,5 +16,6 @@ def _in_child(function: Callable[..., Any], *args: Any) -> Any:
         return pool.apply(function, args)
 
 
-def _rate(videos: int, seconds: float) -> float:
+def per_second(videos: int, seconds: float) -> float:
+    """`videos` / `seconds`, rounded for the result document (0 for no time at all)."""
     return round(videos / seconds, 4) if seconds > 0 else 0.0

@@ -11,9 +11,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from captioner.outputs import CAPTIONS_FILE, RecordWriter
+from captioner.captioning import CaptionStats, caption_videos
 from captioner.planning import Plan, engine_concurrency, load_engine, make_plan
-from captioner.pipeline import RunStats, caption_videos
+from captioner.records import CAPTIONS_FILE, RecordWriter
 
 
 def _engine_pass(engine: Any, plan: Plan, frames: list[np.ndarray]) -> dict[str, float]:
@@ -47,6 +47,7 @@ class _RssSampler:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def rss(self) -> int:
+        """This process's resident memory now, in bytes."""
         return self._proc.memory_info().rss
 
     def _children_rss(self) -> int:
@@ -72,8 +73,9 @@ class _RssSampler:
         self._thread.join()
 
 
-def _end_to_end(plan: Plan, engine: Any, clips: list[Path], out_dir: Path) -> RunStats:
-    stats = RunStats(videos=len(clips))
+def _end_to_end(plan: Plan, engine: Any, clips: list[Path], out_dir: Path) -> CaptionStats:
+    """The real pipeline (`caption_videos`) on `clips` with the engine already loaded."""
+    stats = CaptionStats(videos=len(clips))
     with RecordWriter(out_dir / CAPTIONS_FILE) as writer:
         caption_videos(clips, writer, plan, lambda: engine, stats)
     return stats
@@ -88,12 +90,12 @@ def _engine_only(engine: Any, plan: Plan, frames: list[np.ndarray], prefix_cachi
     return _engine_pass(engine, plan, frames)
 
 
-def _engine_only_worker(settings: Any, frames: list[np.ndarray], prefix_caching: bool) -> dict[str, float]:
+def time_fresh_engine(settings: Any, frames: list[np.ndarray], prefix_caching: bool) -> dict[str, float]:
     """Runs in its own process: build an engine and time it on pre-decoded frames."""
     from captioner.engine import CaptionEngine
 
     plan = make_plan(settings)
-    engine = CaptionEngine(plan.model, plan.profile, plan.adapter, seed=settings.seed,
+    engine = CaptionEngine(plan.model, plan.profile, plan.adapters, seed=settings.seed,
                            enable_prefix_caching=prefix_caching)
     return _engine_only(engine, plan, frames, prefix_caching)
 
@@ -103,10 +105,10 @@ class EngineRuns:
     """What the loaded engine measured: alone, a first end-to-end pass, and the long run with memory."""
 
     engine_only: dict[str, float]
-    first: RunStats
+    first: CaptionStats
     first_s: float
     shareable_per_clip: int
-    long: RunStats
+    long: CaptionStats
     long_s: float
     long_clips: int
     rss_start: int
@@ -114,10 +116,10 @@ class EngineRuns:
     rss_final: int
     rss_peak: int
     rss_children_peak: int
-    concurrency: dict[str, Any]  # computed vs vLLM-reported clips in flight (`pipeline.engine_concurrency`)
+    concurrency: dict[str, Any]  # computed vs vLLM-reported clips in flight (`planning.engine_concurrency`)
 
 
-def _engine_runs(plan: Plan, frames: list[np.ndarray], paths: list[Path], memory_clips: int,
+def measure_loaded_engine(plan: Plan, frames: list[np.ndarray], paths: list[Path], memory_clips: int,
                  log: Callable[[str], Any]) -> EngineRuns:
     """Load the engine in this process; time it alone, then the real pipeline on a first and a long pass."""
     import psutil

@@ -11,8 +11,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from captioner.bench.clips import _describe
-from captioner.bench.common import _rate
+from captioner.bench.clips import describe_clip
+from captioner.bench.common import per_second
 from captioner.frames import ClipFrames, FrameDecoder, FrameSpec, decode_clip
 from captioner.planning import Plan
 
@@ -83,7 +83,7 @@ def _decode_all(plan: Plan, clips: list[Path], spec: FrameSpec,
         return DecodePass(frames, time.perf_counter() - started)
 
 
-def _frame_stage(plan: Plan, paths: list[Path], with_resize: bool) -> FrameStage:
+def measure_frame_stage(plan: Plan, paths: list[Path], with_resize: bool) -> FrameStage:
     """Decode a set at the plan's tolerance and exactly (tolerance 0), the same frames count and size."""
     spec = plan.frame_spec
     exact = dataclasses.replace(spec, tolerance=0.0)
@@ -97,13 +97,13 @@ def _cpu_per_clip(decoded: DecodePass) -> float:
     return sum(clip.cpu_s for clip in decoded.clips) / len(decoded.clips)
 
 
-def _frame_figures(stage: FrameStage, engine_rate: float) -> dict[str, Any]:
+def frame_figures(stage: FrameStage, engine_rate: float) -> dict[str, Any]:
     """What the frame stage of one set costs, and what it takes to keep the engine busy with it."""
     default_cpu, exact_cpu = _cpu_per_clip(stage.default), _cpu_per_clip(stage.exact)
     figures: dict[str, Any] = {
         "clips": len(stage.paths),
-        "decode_only_videos_per_s": {"default": _rate(len(stage.paths), stage.default.seconds),
-                                     "exact": _rate(len(stage.paths), stage.exact.seconds)},
+        "decode_only_videos_per_s": {"default": per_second(len(stage.paths), stage.default.seconds),
+                                     "exact": per_second(len(stage.paths), stage.exact.seconds)},
         "decode_cpu_s_per_clip": {"default": round(default_cpu, 4), "exact": round(exact_cpu, 4)},
         "keyframe_decode_speedup": round(exact_cpu / default_cpu, 3),
         "frame_shift_max": round(max(clip.shift_max for clip in stage.default.clips), 3),
@@ -116,7 +116,7 @@ def _frame_figures(stage: FrameStage, engine_rate: float) -> dict[str, Any]:
     if stage.full_then_resize is not None:
         figures["decode_resize_speedup"] = round(stage.full_then_resize.seconds / stage.default.seconds, 3)
     figures["per_clip"] = [
-        {**_describe(path), "decoder": {"default": d.decoder, "exact": e.decoder},
+        {**describe_clip(path), "decoder": {"default": d.decoder, "exact": e.decoder},
          "cpu_s": {"default": round(d.cpu_s, 4), "exact": round(e.cpu_s, 4)}, "shift_max": round(d.shift_max, 3)}
         for path, d, e in zip(stage.paths, stage.default.clips, stage.exact.clips)
     ]

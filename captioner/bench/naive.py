@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from captioner.bench.common import _in_child
+from captioner.bench.common import in_child_process
 from captioner.planning import Plan
 
 
@@ -66,10 +66,13 @@ def _naive_worker(model: str, adapter: str | None, prompt_ref: str, prompts_dir:
             **{k: round(v, 3) for k, v in stages.items()}}
 
 
-def _naive(plan: Plan, clips: list[Path]) -> dict[str, Any]:
+def measure_naive(plan: Plan, clips: list[Path]) -> dict[str, Any]:
+    """The naive loop on `clips` with the plan's model, first adapter and sampling, in a process of its own."""
     sampling = plan.settings.sampling_params()
-    return _in_child(
-        _naive_worker, plan.model, str(plan.adapter) if plan.adapter else None, plan.settings.prompt,
+    adapter = plan.adapters[0].path  # None: the base model alone
+    return in_child_process(
+        _naive_worker, plan.model, str(adapter) if adapter else None, plan.settings.prompt,
         str(plan.settings.prompts_dir), [str(c) for c in clips], plan.frames, sampling.max_tokens,
         sampling.min_tokens, sampling.repetition_penalty,
     )
+

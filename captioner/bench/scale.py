@@ -14,206 +14,93 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import redis
-
+from captioner.bench.fleet import (
+    CLI,
+    STAND_IN_WORKER,
+    RedisServer,
+    WorkerProcesses,
+    make_links,
+    source_clip,
+    wait_alive,
+    wait_done,
+    worker_env,
+)
 from captioner.config import Settings
-from captioner.outputs import PARTS_DIR, read_output
-
-CLI = [sys.executable, "-m", "captioner.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Redis:
-    """A redis-server of the benchmark's own (nothing else in it, so its memory is the job's)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        folder.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(folder)],
-            stdout=(folder / "redis.log").open("w"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        self.client = redis.Redis(port=self.port, decode_responses=True)
-        for _ in range(100):
-            try:
-                self.client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.1)
-
-    def used(self) -> int:
-        return int(self.client.info("memory")["used_memory"])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-
-
-class _Workers:
-    """Worker processes (each its own process group), started with `command`."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env, self.logs = env, logs
-        self.procs: dict[str, subprocess.Popen] = {}
-        logs.mkdir(parents=True, exist_ok=True)
-
-    def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
-        self.procs[name] = subprocess.Popen(
-            command, env=dict(self.env, **(env or {})), start_new_session=True,
-            stdout=(self.logs / f"{name.split('@')[0]}.log").open("a"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    def kill(self, name: str) -> None:
-        proc = self.procs.pop(name)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(30)
-
-    def stop(self) -> None:
-        for name in list(self.procs):
-            self.kill(name)
-
-
-def _wait_alive(client: redis.Redis, count: int, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while len(client.keys("captioner:alive:*")) < count:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"workers not up after {timeout:g} s")
-        time.sleep(0.5)
-
-
-LINKS_PER_COPY = 50_000  # ext4 allows 65,000 links to one file: a copy of the clip per 50,000
-
-
-def make_links(source: Path, folder: Path, count: int, per_folder: int = 1000) -> float:
-    """`count` hard links to copies of `source` under `folder` (`per_folder` a folder); return the seconds."""
-    started = time.perf_counter()
-    made = len(list(folder.glob("*/*.mp4"))) if folder.exists() else 0
-    for index in range(made, count):
-        sub = folder / f"{index // per_folder:05d}"
-        if index % per_folder == 0 or index == made:
-            sub.mkdir(parents=True, exist_ok=True)
-        copy = folder.parent / f"{folder.name}-source-{index // LINKS_PER_COPY:03d}.mp4"  # beside, not inside
-        if not copy.exists():
-            shutil.copy2(source, copy)  # keeps the settled time
-        os.link(copy, sub / f"clip_{index:07d}.mp4")
-    return time.perf_counter() - started
-
-
-def _source_clip(work: Path) -> Path:
-    from captioner.synth import write_clip
-
-    clip = work / "source.mp4"
-    if not clip.exists():
-        write_clip(clip, "city", seconds=1, fps=10, width=128, height=72)
-    old = time.time() - 3600  # long settled: every link shares this inode's time
-    os.utime(clip, (old, old))
-    return clip
-
-
-def _wait_done(
-    store: Any,
-    job_id: str,
-    timeout: float,
-    latencies: list[float] | None = None,
-    on_poll: Callable[[], None] = lambda: None,
-) -> dict[str, Any]:
-    """Poll `status` every second until the job is finished; each call's seconds go to `latencies`."""
-    from captioner.service import status
-
-    deadline = time.monotonic() + timeout
-    while True:
-        started = time.perf_counter()
-        current = status(store, job_id)
-        if latencies is not None:
-            latencies.append(time.perf_counter() - started)
-        on_poll()
-        if current["state"] in ("done", "cancelled", "failed"):
-            return current
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"job {job_id} not done after {timeout:g} s: {current}")
-        time.sleep(1.0)
+from captioner.records import PARTS_DIR, read_output
 
 
 def run_scale(
     settings: Settings, work: Path, videos: int, chunk: int, log: Callable[..., None] = print
 ) -> dict[str, Any]:
     """The stand-in measurements (see the module docstring); `work` holds links, outputs and logs."""
-    from captioner.service import JobStore, chunk_size, submit
+    from captioner.service import JobStore, chunk_size
 
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    source = _source_clip(work)
-    links_s = make_links(source, work / "videos", videos)
+    links_s = make_links(source_clip(work), work / "videos", videos)
     log(f"{videos:,} hard links ready ({links_s:.1f} s)")
-    server = _Redis(work / "redis")
+    server = RedisServer(work / "redis")
     result: dict[str, Any] = {"videos": videos, "chunk_size": chunk, "stand_ins": _stand_in_names()}
-    env = _env(settings, server.url, work, queue="scale")
-    workers = _Workers(env, work / "logs")
+    workers = WorkerProcesses(worker_env(settings, server.url, work, queue="scale"), work / "logs")
     try:
         base = settings.model_copy(update=dict(broker_url=server.url, allowed_roots=[work], queue="scale",
                                                chunk_size=chunk, settle_seconds=0))  # fmt: skip
         store = JobStore.connect(base)
         for i in (1, 2):
-            workers.start(f"scale-w{i}@%h", [sys.executable, "-m", "captioner.bench.standins", "worker",
-                                             f"scale-w{i}@%h"])  # fmt: skip
-        _wait_alive(server.client, 2)
-        empty = server.used()
-        out = work / "out"
-        shutil.rmtree(out, ignore_errors=True)
-        started = time.perf_counter()
-        job_id = submit([work / "videos"], out, base)
-        result["submit_s"] = round(time.perf_counter() - started, 2)
-        queued_bytes = server.used() - empty
-        log(f"submitted {videos:,} videos in {result['submit_s']} s")
-        latencies: list[float] = []
-        peak = 0
-
-        def sample() -> None:
-            nonlocal peak
-            peak = max(peak, server.used() - empty)
-
-        started = time.perf_counter()
-        current = _wait_done(store, job_id, 4 * 3600, latencies, on_poll=sample)
-        job_s = time.perf_counter() - started
-        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-        done_bytes = server.used() - empty
-        result.update(
-            job_state=current["state"], job_ok=current["ok"], job_seconds=round(job_s, 1),
-            videos_per_s=round(videos / job_s, 1), end_of_job_s=summary.get("finish_s"),
-            status_s_median=round(statistics.median(latencies), 4), status_s_max=round(max(latencies), 4),
-            status_calls=len(latencies),
-            redis_bytes_per_video_queued=round(queued_bytes / videos, 1),
-            redis_bytes_per_video_peak=round(max(peak, queued_bytes, done_bytes) / videos, 1),
-            redis_bytes_per_video_done=round(done_bytes / videos, 1),
-        )  # fmt: skip
-        log(f"job done in {job_s:.0f} s; end of job {summary.get('finish_s')} s")
+            workers.start(f"scale-w{i}@%h", [*STAND_IN_WORKER, f"scale-w{i}@%h"])
+        wait_alive(server.client, 2)
+        result.update(_whole_job(base, store, server, work, videos, log))
         workers.stop()
-        result["bookkeeping"] = _bookkeeping(base, store, work, out, chunk_size(base.model_copy(update=dict(
+        result["bookkeeping"] = _bookkeeping(base, store, work, work / "out", chunk_size(base.model_copy(update=dict(
             chunk_size=None))), log)  # fmt: skip
         result["recovery"] = _recovery(base, store, workers, work, log)
     finally:
         workers.stop()
         server.stop()
     return result
+
+
+def _whole_job(settings: Settings, store: Any, server: RedisServer, work: Path, videos: int,
+               log: Callable) -> dict[str, Any]:
+    """Submit every link as one job into `work/out` and wait for it: its seconds, `status`'s, Redis bytes."""
+    from captioner.service import submit
+
+    empty = server.used()
+    out = work / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    job_id = submit([work / "videos"], out, settings)
+    submit_s = round(time.perf_counter() - started, 2)
+    queued_bytes = server.used() - empty
+    log(f"submitted {videos:,} videos in {submit_s} s")
+    latencies: list[float] = []
+    peak = 0
+
+    def sample() -> None:
+        nonlocal peak
+        peak = max(peak, server.used() - empty)
+
+    started = time.perf_counter()
+    current = wait_done(store, job_id, 4 * 3600, latencies, on_poll=sample)
+    job_s = time.perf_counter() - started
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    done_bytes = server.used() - empty
+    log(f"job done in {job_s:.0f} s; end of job {summary.get('finish_s')} s")
+    return dict(
+        submit_s=submit_s, job_state=current["state"], job_ok=current["ok"], job_seconds=round(job_s, 1),
+        videos_per_s=round(videos / job_s, 1), end_of_job_s=summary.get("finish_s"),
+        status_s_median=round(statistics.median(latencies), 4), status_s_max=round(max(latencies), 4),
+        status_calls=len(latencies),
+        redis_bytes_per_video_queued=round(queued_bytes / videos, 1),
+        redis_bytes_per_video_peak=round(max(peak, queued_bytes, done_bytes) / videos, 1),
+        redis_bytes_per_video_done=round(done_bytes / videos, 1),
+    )  # fmt: skip
 
 
 def _bookkeeping(settings: Settings, store: Any, work: Path, full: Path, chunk: int, log: Callable) -> dict[str, Any]:
@@ -231,19 +118,13 @@ def _bookkeeping(settings: Settings, store: Any, work: Path, full: Path, chunk: 
     options = job_options(settings)
     rounds = 5
     fresh = work / "fresh"
-    make_links(_source_clip(work), fresh, 3 * rounds * chunk)
+    make_links(source_clip(work), fresh, 3 * rounds * chunk)
     new_videos = sorted(fresh.glob("*/*.mp4"))
     results = {}
     try:
         for n, label in [(1000, "1k"), (100_000, "100k"), (total, "all")]:
             n = min(n, total)
-            out = full if n == total else work / f"out-{label}"
-            if out != full:
-                shutil.rmtree(out, ignore_errors=True)
-                (out / PARTS_DIR).mkdir(parents=True)
-                with merged.open("rb") as src, (out / PARTS_DIR / "earlier.jsonl").open("wb") as dst:
-                    for _, line in zip(range(n), src):
-                        dst.write(line)
+            out = full if n == total else _earlier_output(merged, work / f"out-{label}", n)
             batch = new_videos[: rounds * chunk]
             new_videos = new_videos[rounds * chunk :]
             job_id = enqueue(store, runtime.settings, [fresh], out, batch, options)
@@ -270,18 +151,27 @@ def _bookkeeping(settings: Settings, store: Any, work: Path, full: Path, chunk: 
     return {"chunk": chunk, "by_records": results, "all_over_1k": round(flat, 2)}
 
 
-def _recovery(settings: Settings, store: Any, workers: _Workers, work: Path, log: Callable) -> dict[str, Any]:
+def _earlier_output(merged: Path, out: Path, records: int) -> Path:
+    """A fresh output folder holding the first `records` records of `merged` as one earlier part."""
+    shutil.rmtree(out, ignore_errors=True)
+    (out / PARTS_DIR).mkdir(parents=True)
+    with merged.open("rb") as src, (out / PARTS_DIR / "earlier.jsonl").open("wb") as dst:
+        for _, line in zip(range(records), src):
+            dst.write(line)
+    return out
+
+
+def _recovery(settings: Settings, store: Any, workers: WorkerProcesses, work: Path, log: Callable) -> dict[str, Any]:
     """SIGKILL a worker mid-chunk with the default heartbeat settings; seconds until its chunks are done."""
     from captioner.service import submit
 
     defaults = Settings()
     env = {"CAPTIONER_QUEUE": "scale-recovery"}
     for i in (1, 2):
-        workers.start(f"rec-w{i}@%h", [sys.executable, "-m", "captioner.bench.standins", "worker", f"rec-w{i}@%h",
-                                       "0.5"], env)  # fmt: skip
-    _wait_alive(store.redis, 2)
+        workers.start(f"rec-w{i}@%h", [*STAND_IN_WORKER, f"rec-w{i}@%h", "0.5"], env)
+    wait_alive(store.redis, 2)
     folder = work / "recovery-videos"
-    make_links(_source_clip(work), folder, 24)
+    make_links(source_clip(work), folder, 24)
     out = work / "out-recovery"
     shutil.rmtree(out, ignore_errors=True)
     # 6 chunks of 4 clips at 0.5 s a clip: each worker holds two, the killed one's wait for the heartbeat.
@@ -294,7 +184,7 @@ def _recovery(settings: Settings, store: Any, workers: _Workers, work: Path, log
     held = [f for f, e in store.running(job).items() if e["host"] == host]
     workers.kill(victim)
     killed = time.perf_counter()
-    final = _wait_done(store, job, timeout=900)
+    final = wait_done(store, job, timeout=900)
     seconds = time.perf_counter() - killed
     records = read_output(out)
     videos = {r["video"] for r in records}
@@ -312,26 +202,41 @@ def queue_vs_run(settings: Settings, work: Path, clips: int, chunk_sizes: list[i
 
     Both on a loaded engine that has captioned before (a worker is long-lived; a long run pays its
     start once): one worker process, warmed by a first job, then a job per chunk size; then
-    `pipeline.run` in this process on a loaded engine, after a warm-up run of its own.
+    `caption_folders` in this process on a loaded engine, after a warm-up run of its own.
     """
-    from captioner.planning import load_engine, make_plan
-    from captioner.pipeline import run
-    from captioner.service import JobStore, chunks_in_flight, submit
-    from captioner.synth import write_clips
-
     work = work.resolve()
     folder, warm = work / "real-clips", work / "warm-clips"
-    for target, count in ((folder, clips), (warm, 4)):
-        if not target.exists():
-            write_clips(target, count, seconds=2, fps=15, width=320, height=180)
-        old = time.time() - 3600
-        for clip in target.glob("*.mp4"):
-            os.utime(clip, (old, old))
-    server = _Redis(work / "redis-real")
-    env = _env(settings, server.url, work, queue="real")
-    workers = _Workers(env, work / "logs")
+    _settled_clips(folder, clips)
+    _settled_clips(warm, 4)
     result: dict[str, Any] = {"clips": clips}
-    queue: dict[str, Any] = {}
+    queue = _queue_runs(settings, work, folder, warm, clips, chunk_sizes, log)
+    result["run"] = _local_run(settings, work, [warm, folder], clips)
+    log(f"captioner run: {result['run']}")
+    for label, figures in queue.items():
+        figures["over_run"] = round(figures["videos_per_s"] / result["run"]["videos_per_s"], 3)
+        result[label] = figures
+    return result
+
+
+def _settled_clips(folder: Path, count: int) -> None:
+    """`count` small clips in `folder` (written once), dated an hour back so no run waits for them to settle."""
+    from captioner.demo.scenes import write_clips
+
+    if not folder.exists():
+        write_clips(folder, count, seconds=2, fps=15, width=320, height=180)
+    old = time.time() - 3600
+    for clip in folder.glob("*.mp4"):
+        os.utime(clip, (old, old))
+
+
+def _queue_runs(settings: Settings, work: Path, folder: Path, warm: Path, clips: int, chunk_sizes: list[int],
+                log: Callable) -> dict[str, dict[str, Any]]:
+    """A real worker per chunk size (0: the default), warmed by a first job; the seconds of a job over `folder`."""
+    from captioner.service import JobStore, chunks_in_flight, submit
+
+    server = RedisServer(work / "redis-real")
+    workers = WorkerProcesses(worker_env(settings, server.url, work, queue="real"), work / "logs")
+    queue: dict[str, dict[str, Any]] = {}
     try:
         base = settings.model_copy(update=dict(broker_url=server.url, allowed_roots=[work], queue="real",
                                                settle_seconds=0))  # fmt: skip
@@ -341,15 +246,14 @@ def queue_vs_run(settings: Settings, work: Path, clips: int, chunk_sizes: list[i
             sized = {"CAPTIONER_CHUNK_SIZE": str(size)} if size else {}
             name = f"real-{size or 'default'}@%h"
             workers.start(name, [*CLI, "worker", "--name", name], sized)
-            _wait_alive(server.client, 1, timeout=600)
+            wait_alive(server.client, 1, timeout=600)
             settings_for = base.model_copy(update=dict(chunk_size=size or None))
             # A warm-up that finds its clips done (a reused --work) would leave the engine cold.
             shutil.rmtree(work / f"queue-warm-out-{size}", ignore_errors=True)
-            _wait_done(store, submit([warm], work / f"queue-warm-out-{size}", settings_for), timeout=600)
+            wait_done(store, submit([warm], work / f"queue-warm-out-{size}", settings_for), timeout=600)
             out = work / f"queue-out-{size or 'default'}"
             shutil.rmtree(out, ignore_errors=True)
-            job = submit([folder], out, settings_for)
-            final = _wait_done(store, job, timeout=1800)
+            final = wait_done(store, submit([folder], out, settings_for), timeout=1800)
             workers.stop()
             server.client.delete(*server.client.keys("captioner:alive:*") or ["-"])
             seconds = final["timings"]["running_s"]
@@ -362,32 +266,25 @@ def queue_vs_run(settings: Settings, work: Path, clips: int, chunk_sizes: list[i
     finally:
         workers.stop()
         server.stop()
+    return queue
+
+
+def _local_run(settings: Settings, work: Path, folders: list[Path], clips: int) -> dict[str, Any]:
+    """`caption_folders` on each folder in turn with one loaded engine: the last one's figures (the first warms up)."""
+    from captioner.captioning import caption_folders
+    from captioner.planning import load_engine, make_plan
+
     local = settings.model_copy(update=dict(settle_seconds=0))
     engine = load_engine(make_plan(local))
-    for target in (warm, folder):
+    for target in folders:
         out = work / f"run-out-{target.name}"
         shutil.rmtree(out, ignore_errors=True)
-        summary = run([target], out, local, engine=engine)
-    result["run"] = {"seconds": summary["seconds"], "videos_per_s": round(clips / summary["seconds"], 3),
-                     "ok": summary["ok"]}  # fmt: skip
-    log(f"captioner run: {result['run']}")
-    for label, figures in queue.items():
-        figures["over_run"] = round(figures["videos_per_s"] / result["run"]["videos_per_s"], 3)
-        result[label] = figures
-    return result
-
-
-def _env(settings: Settings, url: str, work: Path, queue: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTIONER_")}
-    env.update(
-        CAPTIONER_HOME=str(settings.home), CAPTIONER_BROKER_URL=url, CAPTIONER_ALLOWED_ROOTS=str(work),
-        CAPTIONER_TIER=settings.tier, CAPTIONER_QUEUE=queue, CAPTIONER_SETTLE_SECONDS="0",
-        CAPTIONER_MODEL=settings.model, CAPTIONER_ADAPTER=settings.adapter or "none",
-    )  # fmt: skip
-    return env
+        summary = caption_folders([target], out, local, engine=engine)
+    return {"seconds": summary["seconds"], "videos_per_s": round(clips / summary["seconds"], 3), "ok": summary["ok"]}
 
 
 def _stand_in_names() -> dict[str, str]:
+    """What the output says replaced the engine and the decoder."""
     from captioner.bench.standins import STAND_IN_DECODER, STAND_IN_ENGINE
 
     return {"engine": STAND_IN_ENGINE, "decoder": STAND_IN_DECODER}

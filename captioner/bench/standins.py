@@ -14,12 +14,19 @@ import sys
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from captioner.engine import Generation
 from captioner.frames import ClipFrames, FrameError, FrameSpec
+
+if TYPE_CHECKING:
+    from captioner.adapters import Adapter
+    from captioner.config import Sampling
+    from captioner.planning import Plan
+    from captioner.prompts import RenderedPrompt
+    from captioner.sizing import EngineKV
 
 STAND_IN_ENGINE = "stand-in engine: no model, a fixed Korean caption per clip"
 STAND_IN_DECODER = "stand-in decoder: stats the file, returns black 2x2 frames, in the worker's process"
@@ -27,23 +34,26 @@ CAPTION = "스탠드인 캡션: 측정용 고정 문장입니다."
 
 
 class StandInEngine:
-    """Answers every clip at once with the same caption (optionally `seconds_per_clip` later)."""
+    """An `Engine` that answers every clip at once with the same caption (optionally `seconds_per_clip` later)."""
 
-    def __init__(self, plan: Any, seconds_per_clip: float = 0.0) -> None:
-        self.model, self.adapter, self.profile = plan.model, plan.adapter, plan.profile
+    def __init__(self, plan: Plan, seconds_per_clip: float = 0.0) -> None:
+        self.model, self.profile = plan.model, plan.profile
+        # As `CaptionEngine` lists them, so the worker's check that the engine fits the plan holds.
+        self.adapters = [a.path for a in plan.adapters if a.path is not None]
         self.seconds_per_clip = seconds_per_clip
-        self.kv = None
+        self.kv: EngineKV | None = None
         self.load_s = 0.0
 
-    def warm_prefix(self, prompt: Any) -> None:
+    def warm_prefix(self, prompt: RenderedPrompt, with_adapter: bool = True) -> None:
         """Nothing to warm."""
 
-    def shareable_prefix_tokens(self, prompt: Any) -> int:
+    def shareable_prefix_tokens(self, prompt: RenderedPrompt) -> int:
         """No cache."""
         return 0
 
-    def caption(self, videos: list, prompt: Any, sampling: Any, with_adapter: bool = True) -> list[Generation]:
-        """One fixed caption per clip."""
+    def caption(self, videos: list[np.ndarray], prompt: RenderedPrompt, sampling: Sampling,
+                adapters: Sequence[Adapter] | None = None) -> list[Generation]:
+        """One fixed caption per clip, whatever its adapter."""
         if self.seconds_per_clip:
             time.sleep(self.seconds_per_clip * len(videos))
         return [Generation(CAPTION, 1000, 0, 12, "stop") for _ in videos]

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from captioner.cli.common import app, checked_settings, fail, settings_from, setup_logging
+from captioner.cli.common import app, checked_settings, fail, settings_from, setup_logging, with_demo
 
 
 @app.command()
@@ -47,9 +47,9 @@ def run(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from captioner.captioning import caption_folders
     from captioner.engine import EngineError
-    from captioner.planning import ConfigError
-    from captioner.pipeline import run as run_pipeline
+    from captioner.errors import ConfigError
 
     setup_logging(verbose)
     try:
@@ -67,6 +67,7 @@ def run(
     )  # fmt: skip
     task = progress.add_task("captioning", total=None, ok=0, failed=0)
     counts = {"ok": 0, "failed": 0}
+    with_demo(settings)
 
     def on_start(todo: int, skipped: int) -> None:
         several = len(settings.compare_adapters) > 0
@@ -82,7 +83,7 @@ def run(
         progress.update(task, advance=1, **counts)
 
     try:
-        summary = run_pipeline(
+        summary = caption_folders(
             video_dirs, out, settings, on_start=on_start, on_record=on_record, wait_settled=wait_settled
         )
     except (ConfigError, EngineError) as exc:
@@ -115,7 +116,8 @@ def eval_(
 
     Exit status: 0 ok, 1 regression against --against, 2 bad input.
     """
-    from captioner.evaluation.run import ANY_ADAPTER, run_eval
+    from captioner.evaluation.command import run_eval
+    from captioner.evaluation.results import ANY_ADAPTER
 
     def pick(name: str | None) -> str | None:
         return ANY_ADAPTER if name is None else None if name.lower() == "none" else name
@@ -144,7 +146,7 @@ def export_(
     ok record; it is named on stderr. Prints a JSON summary on stdout. Exit status 2: a missing or
     empty folder, no ok caption, or Parquet without pyarrow.
     """
-    from captioner.export import ExportError, export
+    from captioner.records.export import ExportError, export
 
     try:
         result = export(target, fmt.lower(), out=out, all_versions=all_versions)
@@ -175,6 +177,9 @@ def frames_(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for DIR/<video stem>/00.png ... and frames.json."),
     frames: Optional[int] = typer.Option(None, help="Frames per clip (default: the tier's)."),
     model: Optional[str] = typer.Option(None, help="Model whose input size the frames take; 'demo' = built-in."),
+    frame_size: Optional[int] = typer.Option(
+        None, "--frame-size", min=1, help="Side of the square frames (default: the model's config.json)."
+    ),
     tier: Optional[str] = typer.Option(None, help="auto|cpu|t4|l4|a100-40|a100-80|h100 (sets the default frames)."),
     keyframe_tolerance: Optional[float] = typer.Option(
         None, help="Keyframe tolerance (share of a segment); 0 = exact."
@@ -183,23 +188,39 @@ def frames_(
 ) -> None:
     """Write the frames the model would see of each video, with how they were taken (frames.json).
 
+    Needs no model weights: the frame size comes from the model's config.json or --frame-size.
     Prints one JSON line per video on stdout; exit status 1 when a video has no frames.
     """
-    from captioner.frames.export import export_frames
-    from captioner.planning import ConfigError, make_plan
+    from captioner.errors import ConfigError
+    from captioner.frames import FrameSpec
+    from captioner.frames.save import save_frames
+    from captioner.tiers import resolve_profile
 
     setup_logging(False)
     settings = checked_settings(
         model=model, tier=tier, frames=frames, keyframe_tolerance=keyframe_tolerance, decode_timeout=decode_timeout
     )
     try:
-        plan = make_plan(settings)
-    except ConfigError as exc:
+        count = settings.frames or resolve_profile(settings.tier, settings.profile).frames
+        spec = FrameSpec(count, frame_size or frame_size_of(settings), settings.keyframe_tolerance)
+    except (ConfigError, ValueError) as exc:
         fail(str(exc))
     failed = 0
-    for result in export_frames(videos, out, plan.frame_spec, settings.decode_timeout):
+    for result in save_frames(videos, out, spec, settings.decode_timeout):
         if result.get("error"):
             failed += 1
             typer.echo(f"failed {result['video']}: {result['error']}", err=True)
         typer.echo(json.dumps(result, ensure_ascii=False))
     raise typer.Exit(1 if failed else 0)
+
+
+def frame_size_of(settings: Any) -> int:
+    """The model's frame size from its config.json; the demo recipe's when the demo checkpoint is not built yet."""
+    from captioner.config import DEMO
+    from captioner.planning import model_frame_size
+
+    if settings.model == DEMO and not (settings.demo_dir / "base" / "config.json").is_file():
+        from captioner.demo.checkpoint import DEMO_FRAME_SIZE
+
+        return DEMO_FRAME_SIZE
+    return model_frame_size(settings)

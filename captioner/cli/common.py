@@ -16,6 +16,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Detailed Kor
 
 
 def fail(message: str, code: int = 2) -> None:
+    """Print `message` as an error on stderr and exit with `code` (2: bad input or setup)."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
@@ -45,6 +46,7 @@ def settings_from(**flags: Any) -> Settings:
 
 
 def setup_logging(verbose: bool) -> None:
+    """Log to stderr (INFO with `verbose`), keeping stdout for the command's result."""
     # stdout carries only the command's result (JSON); vLLM logs to stdout unless told otherwise.
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
@@ -64,7 +66,7 @@ def write_and_show(out: Path, result: dict[str, Any], title: str, rows: list[tup
     from rich.console import Console
     from rich.table import Table
 
-    from captioner.outputs import write_atomic
+    from captioner.records import write_atomic
 
     write_atomic(out, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
     summary = Table("measure", "result", title=title)
@@ -72,6 +74,15 @@ def write_and_show(out: Path, result: dict[str, Any], title: str, rows: list[tup
         summary.add_row(*row)
     Console().print(summary)
     typer.echo(f"written: {out}", err=True)
+
+
+def with_demo(settings: Settings) -> Settings:
+    """`settings`, with the demo checkpoint built first when they name it (the first time: about two minutes)."""
+    if settings.uses_demo:
+        from captioner.demo import ensure_demo_model
+
+        ensure_demo_model(settings.demo_dir)
+    return settings
 
 
 def checked_settings(**flags: Any) -> Settings:
@@ -87,6 +98,7 @@ def checked_settings(**flags: Any) -> Settings:
 
 
 def job_store(settings: Settings, patient: bool = False) -> Any:
+    """The service's job store for `settings`, or exit 2 saying why Redis cannot be used."""
     from captioner.service import JobStore, SubmitError
 
     store = JobStore.connect(settings, patient=patient)

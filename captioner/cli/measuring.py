@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from captioner.cli.common import app, checked_settings, fail, settings_from, setup_logging, write_and_show
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 
 @app.command()
@@ -31,7 +35,7 @@ def bench(
     from rich.console import Console
 
     from captioner.bench import run_bench, table
-    from captioner.planning import ConfigError
+    from captioner.errors import ConfigError
 
     setup_logging(False)
     console = Console(stderr=True)
@@ -58,7 +62,7 @@ def bench_service(
     from rich.console import Console
 
     from captioner.bench.scale import queue_vs_run, run_scale, scale_table
-    from captioner.outputs import write_atomic
+    from captioner.records import write_atomic
 
     setup_logging(False)
     console = Console(stderr=True)
@@ -95,45 +99,20 @@ def plan_(
     Nothing is loaded but the model's config (and tokenizer): the engine is not started.
     """
     from rich.console import Console
-    from rich.table import Table
 
-    from captioner.planning import ConfigError, model_facts, plan_memory
-    from captioner.sizing import ModelShape, SizingError, size, tradeoff
-    from captioner.tiers import PROFILES, resolve_profile
+    from captioner.errors import ConfigError
+    from captioner.sizing import SizingError
 
     setup_logging(False)
     settings = checked_settings(model=model, tier=tier, frames=frames, prompt=prompt, sampling=sampling, sets=sets)
     max_tokens = settings.sampling_params().max_tokens
     try:
-        if model_config is not None:
-            if text_tokens is None:
-                fail("--model-config has no tokenizer to count the prompt with: give --text-tokens")
-            source = str(model_config)
-            shape = ModelShape.from_config(json.loads(model_config.read_text(encoding="utf-8")))
-        else:
-            source, _, rendered, shape = model_facts(settings)
-            text_tokens = rendered.text_tokens if text_tokens is None else text_tokens
-        names = list(PROFILES) if all_tiers else [settings.tier]
-        rows = []
-        for name in names:
-            profile = resolve_profile(name, settings.profile)
-            n = settings.frames or profile.frames
-            memory, memory_source = plan_memory(profile, settings.profile)
-            chosen = size(shape, profile, n, text_tokens, max_tokens, memory, memory_source)
-            rows.append((profile, chosen, tradeoff(shape, profile, n, text_tokens, max_tokens, memory, memory_source)))
+        source, shape, text_tokens = _model_shape(settings, model_config, text_tokens)
+        rows = _sized_tiers(settings, shape, text_tokens, max_tokens, all_tiers)
     except (ConfigError, SizingError, ValueError, OSError) as exc:
         fail(str(exc))
     if as_json:
-        result = {
-            "model": source, "frame_tokens": shape.frame_tokens, "text_tokens": text_tokens, "max_tokens": max_tokens,
-            "tiers": [
-                {"tier": profile.name, "dtype": profile.dtype, "quantization": profile.quantization,
-                 "gpu_memory_utilization": profile.gpu_memory_utilization, "max_clips": profile.max_clips,
-                 "sizing": chosen.to_dict(), "tradeoff": [t.to_dict() for t in others]}
-                for profile, chosen, others in rows
-            ],
-        }  # fmt: skip
-        typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
+        typer.echo(json.dumps(_plan_json(source, shape, text_tokens, max_tokens, rows), ensure_ascii=False, indent=2))
         return
     console = Console(width=max(Console().width, 150))  # the tier table is wide; let a pipe have it whole
     console.print(
@@ -143,31 +122,93 @@ def plan_(
         soft_wrap=True,
     )
     if all_tiers:
-        table = Table("tier", "memory GiB", "weights", "weights GiB", "activations + overhead GiB", "KV cache GiB",
-                      "frames", "tokens/clip", "clips fit", "max_num_seqs")  # fmt: skip
-        for profile, chosen, _ in rows:
-            table.add_row(
-                profile.name, _memory_cell(profile, chosen), f"{profile.dtype} {profile.quantization or ''}".strip(),
-                f"{chosen.weights_gib:.2f}", _reserve_cell(chosen),
-                "-" if chosen.kv_cache_gib is None else f"{chosen.kv_cache_gib:.2f}", str(chosen.frames),
-                f"{chosen.tokens_per_clip:,}", _fit_cell(chosen), f"{chosen.max_num_seqs} ({chosen.limited_by})",
-            )  # fmt: skip
-        console.print(table)
-    for profile, chosen, others in [] if all_tiers else rows:
-        console.print(
-            f"tier {profile.name}: KV cache {_kv_line(profile, chosen)}; "
-            f"{chosen.kv_bytes_per_token:,} bytes per token, {chosen.block_size}-token blocks",
-            soft_wrap=True,
-        )
-        table = Table("frames", "tokens/clip", "clips fit", "max_num_seqs", "batch",
-                      title=f"frames vs clips in flight ({profile.name})")  # fmt: skip
-        for row in others:
-            mark = " <" if row.frames == chosen.frames else ""
-            table.add_row(f"{row.frames}{mark}", f"{row.tokens_per_clip:,}", _fit_cell(row),
-                          f"{row.max_num_seqs} ({row.limited_by})", str(row.batch_size))  # fmt: skip
-        console.print(table)
-        for warning in chosen.warnings:
-            console.print(f"[yellow]warning[/]: {warning}", soft_wrap=True)
+        console.print(_tiers_table(rows))
+    else:
+        for sized in rows:
+            _print_tier(console, sized)
+
+
+# A tier's profile, its sizing at the plan's frames, and the sizings at neighbouring frame counts.
+SizedTier = tuple[Any, Any, list[Any]]
+
+
+def _model_shape(settings: Any, model_config: Path | None, text_tokens: int | None) -> tuple[str, Any, int]:
+    """What is sized, its shape and the prompt's text tokens: from `--model-config`, else the model's own files."""
+    from captioner.planning import model_facts
+    from captioner.sizing import ModelShape
+
+    if model_config is not None:
+        if text_tokens is None:
+            fail("--model-config has no tokenizer to count the prompt with: give --text-tokens")
+        return str(model_config), ModelShape.from_config(json.loads(model_config.read_text(encoding="utf-8"))), text_tokens
+    source, _, rendered, shape = model_facts(settings)
+    return source, shape, rendered.text_tokens if text_tokens is None else text_tokens
+
+
+def _sized_tiers(settings: Any, shape: Any, text_tokens: int, max_tokens: int, all_tiers: bool) -> list[SizedTier]:
+    """Each tier asked for (every one with `all_tiers`) sized at its frames, with its frames-vs-clips trade-off."""
+    from captioner.planning import plan_memory
+    from captioner.sizing import size, tradeoff
+    from captioner.tiers import PROFILES, resolve_profile
+
+    rows = []
+    for name in list(PROFILES) if all_tiers else [settings.tier]:
+        profile = resolve_profile(name, settings.profile)
+        n = settings.frames or profile.frames
+        memory, memory_source = plan_memory(profile, settings.profile)
+        chosen = size(shape, profile, n, text_tokens, max_tokens, memory, memory_source)
+        rows.append((profile, chosen, tradeoff(shape, profile, n, text_tokens, max_tokens, memory, memory_source)))
+    return rows
+
+
+def _plan_json(source: str, shape: Any, text_tokens: int, max_tokens: int, rows: list[SizedTier]) -> dict[str, Any]:
+    """The figures of `captioner plan --json`."""
+    return {
+        "model": source, "frame_tokens": shape.frame_tokens, "text_tokens": text_tokens, "max_tokens": max_tokens,
+        "tiers": [
+            {"tier": profile.name, "dtype": profile.dtype, "quantization": profile.quantization,
+             "gpu_memory_utilization": profile.gpu_memory_utilization, "max_clips": profile.max_clips,
+             "sizing": chosen.to_dict(), "tradeoff": [t.to_dict() for t in others]}
+            for profile, chosen, others in rows
+        ],
+    }  # fmt: skip
+
+
+def _tiers_table(rows: list[SizedTier]) -> Table:
+    """One row per tier: its memory, weights, KV cache and clips in flight."""
+    from rich.table import Table
+
+    table = Table("tier", "memory GiB", "weights", "weights GiB", "activations + overhead GiB", "KV cache GiB",
+                  "frames", "tokens/clip", "clips fit", "max_num_seqs")  # fmt: skip
+    for profile, chosen, _ in rows:
+        table.add_row(
+            profile.name, _memory_cell(profile, chosen), f"{profile.dtype} {profile.quantization or ''}".strip(),
+            f"{chosen.weights_gib:.2f}", _reserve_cell(chosen),
+            "-" if chosen.kv_cache_gib is None else f"{chosen.kv_cache_gib:.2f}", str(chosen.frames),
+            f"{chosen.tokens_per_clip:,}", _fit_cell(chosen), f"{chosen.max_num_seqs} ({chosen.limited_by})",
+        )  # fmt: skip
+    return table
+
+
+def _print_tier(console: Console, sized: SizedTier) -> None:
+    """One tier's KV cache arithmetic, its frames-vs-clips table and its warnings."""
+    from rich.table import Table
+
+    profile, chosen, others = sized
+    console.print(
+        f"tier {profile.name}: KV cache {_kv_line(profile, chosen)}; "
+        f"{chosen.kv_bytes_per_token:,} bytes per token, {chosen.block_size}-token blocks",
+        soft_wrap=True,
+    )
+    table = Table("frames", "tokens/clip", "clips fit", "max_num_seqs", "batch",
+                  title=f"frames vs clips in flight ({profile.name})")  # fmt: skip
+    for row in others:
+        mark = " <" if row.frames == chosen.frames else ""
+        table.add_row(f"{row.frames}{mark}", f"{row.tokens_per_clip:,}", _fit_cell(row),
+                      f"{row.max_num_seqs} ({row.limited_by})", str(row.batch_size))  # fmt: skip
+    console.print(table)
+    for warning in chosen.warnings:
+        console.print(f"[yellow]warning[/]: {warning}", soft_wrap=True)
 
 
 def _memory_cell(profile: Any, sizing: Any) -> str:

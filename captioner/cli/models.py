@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 
 from captioner.cli.common import app, fail, settings_from, setup_logging
+
+if TYPE_CHECKING:
+    from captioner.training import TrainResult
 
 
 @app.command("train")
@@ -45,8 +48,6 @@ def train_(
 
     Exit status: 0 trained, 2 bad input (nothing written). stdout carries a summary JSON.
     """
-    from tqdm import tqdm
-
     from captioner.training import TrainConfig, TrainError, train
 
     setup_logging(verbose)
@@ -57,6 +58,20 @@ def train_(
         save_every=save_every, validate_every=validate_every, seed=seed, device=device,
         gradient_checkpointing=gradient_checkpointing,
     )  # fmt: skip
+    bar, on_step = _progress_bar()
+    try:
+        result = train(config, settings, resume=resume, on_step=on_step)
+    except TrainError as exc:
+        bar.close()
+        fail(str(exc))
+    bar.close()
+    typer.echo(json.dumps(_train_summary(result), ensure_ascii=False, indent=2))
+
+
+def _progress_bar() -> tuple[Any, Callable[[int, int, float], None]]:
+    """A tqdm bar on stderr and the `on_step(step, total, loss)` that moves it."""
+    from tqdm import tqdm
+
     # Redirected to a file, a line every 30 s rather than a redraw every step.
     bar = tqdm(desc="training", unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 30)
 
@@ -65,18 +80,17 @@ def train_(
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         bar.update(step - bar.n)
 
-    try:
-        result = train(config, settings, resume=resume, on_step=on_step)
-    except TrainError as exc:
-        bar.close()
-        fail(str(exc))
-    bar.close()
+    return bar, on_step
+
+
+def _train_summary(result: TrainResult) -> dict[str, Any]:
+    """What `captioner train` prints on stdout: where the adapter is, its losses, METEOR, clips and seconds."""
     doc = result.document
-    typer.echo(json.dumps({
+    return {
         "adapter": str(result.out), "steps": result.steps, "loss_first": doc["loss"]["first"],
         "loss_last": doc["loss"]["last"], "best_validation_meteor": result.best_meteor,
         "clips": doc["data"]["clips"], "skipped": len(doc["data"]["skipped"]), "seconds": result.seconds,
-    }, ensure_ascii=False, indent=2))  # fmt: skip
+    }  # fmt: skip
 
 
 @app.command("demo-model")
@@ -89,7 +103,7 @@ def demo_model(
 ) -> None:
     """Build the demo checkpoint: a small random-weight LLaVA-NeXT-Video and a LoRA adapter trained to caption
     synthetic scenes (about two minutes on 2 CPU cores)."""
-    from captioner.demo_model import DEMO_STAMP, build_demo_model
+    from captioner.demo import DEMO_STAMP, build_demo_model
 
     setup_logging(False)
     base, adapter = build_demo_model(directory, seed=seed, train_adapter=train_adapter)
@@ -122,7 +136,7 @@ def quantize_(
 
     setup_logging(verbose)
     if DEMO in (model, adapter):
-        from captioner.demo_model import ensure_demo_model
+        from captioner.demo import ensure_demo_model
 
         demo_base, demo_adapter = ensure_demo_model(settings_from().demo_dir)
     try:

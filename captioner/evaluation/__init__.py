@@ -4,5 +4,8 @@
 - `morphemes`: Kiwi morphemes, each text tokenized once.
 - `scores`: METEOR (NLTK, exact matches), BLEU-4, ROUGE-L, CIDEr-D, diversity guards.
 - `report`: the self-contained report.html.
-- `run`: `run_eval`, what `captioner eval` calls.
+- `results`: the data types: `CaptionSet`, `ScoredCaptions`, `Evaluation` (below all the others).
+- `captions`: the caption records to evaluate, read strictly from an output folder or captions file.
+- `scoring`: per-clip scores, the summary, and the paired comparison with a baseline.
+- `command`: `run_eval`, what `captioner eval` calls: outputs, console lines, the regression gate.
 """

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from captioner.errors import CaptionerError
 from captioner.evaluation.morphemes import normalize_text
-from captioner.outputs import json_objects
+from captioner.records import json_objects
 from captioner.textcheck import MOJIBAKE, REPLACEMENT_CHAR, mojibake_encoding, text_flags
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 MAX_LISTED_PROBLEMS = 20
 
 
-class InputError(Exception):
+class InputError(CaptionerError):
     """Evaluation input that cannot be used; ``problems`` name the file and line of each."""
 
     def __init__(self, problems: list[str]) -> None:

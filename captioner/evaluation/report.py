@@ -11,15 +11,13 @@ import base64
 import io
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 import pandas as pd
 
+from captioner.evaluation.results import Evaluation
 from captioner.sources import record_path, video_id
-
-if TYPE_CHECKING:
-    from captioner.evaluation.run import Evaluation
 
 STRIP_FRAMES = 6
 STRIP_SHORT_SIDE = 128
@@ -238,36 +236,16 @@ def _table(df: pd.DataFrame) -> str:
     return html
 
 
-def render_report(ev: Evaluation, path: Path, worst_best: int = 5) -> None:
-    """Write the HTML report of ``ev`` to ``path``."""
+def _cards_to_show(ev: Evaluation, worst_best: int) -> tuple[list[dict], list[dict], dict[str, list[dict]]]:
+    """Cards of the worst and best scored clips and, with a baseline, of those that dropped or gained most."""
     df = ev.run.per_video
     scored = df[df["status"] == "scored"].sort_values(["meteor", "video"])
     worst = scored["video"].head(worst_best).tolist()
     rest = scored[~scored["video"].isin(worst)]
     best = rest.sort_values(["meteor", "video"], ascending=[False, True])["video"].head(worst_best).tolist()
     strips = _Strips()
-
-    reason = {"failed": "failed", "empty_caption": "empty caption", "no_caption": "no caption record"}
-    missing = df[df["status"].isin(list(reason))].assign(reason=lambda d: d["status"].map(reason))
-    missing_table = _table(missing[["video", "category", "reason", "error", "path"]])
-    unreferenced = df[df["status"] == "no_reference"]
-    unreferenced_table = _table(unreferenced[["video", "record_status", "path"]])
-    per_category = pd.DataFrame(ev.run.summary["per_category"])
-    versions = pd.DataFrame(
-        [
-            {"version": v, "records in file": n, "evaluated": ev.run.summary["versions_evaluated"].get(v, 0)}
-            for v, n in ev.run.summary["versions_seen"].items()
-        ]
-    )
-
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("captioner.evaluation", "templates"),
-        autoescape=jinja2.select_autoescape(["html", "j2"]),
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["fmt"] = _fmt
     try:
-        changes = {"drops": [], "gains": []}
+        changes: dict[str, list[dict]] = {"drops": [], "gains": []}
         if ev.baseline is not None:
             merged = df.merge(ev.baseline.per_video[["video", "meteor"]], on="video", suffixes=("", "_baseline"))
             merged["delta"] = merged["meteor"] - merged["meteor_baseline"]
@@ -278,9 +256,41 @@ def render_report(ev: Evaluation, path: Path, worst_best: int = 5) -> None:
                 "drops": _cards(ev, drops, strips),
                 "gains": _cards(ev, gains["video"].head(worst_best).tolist(), strips),
             }
-        worst_cards, best_cards = _cards(ev, worst, strips), _cards(ev, best, strips)
+        return _cards(ev, worst, strips), _cards(ev, best, strips), changes
     finally:
         strips.close()
+
+
+def _summary_tables(ev: Evaluation) -> dict[str, str]:
+    """HTML tables of the categories, the missing and unreferenced clips, and the versions ("" when empty)."""
+    df = ev.run.per_video
+    reason = {"failed": "failed", "empty_caption": "empty caption", "no_caption": "no caption record"}
+    missing = df[df["status"].isin(list(reason))].assign(reason=lambda d: d["status"].map(reason))
+    unreferenced = df[df["status"] == "no_reference"]
+    per_category = pd.DataFrame(ev.run.summary["per_category"])
+    versions = pd.DataFrame(
+        [
+            {"version": v, "records in file": n, "evaluated": ev.run.summary["versions_evaluated"].get(v, 0)}
+            for v, n in ev.run.summary["versions_seen"].items()
+        ]
+    )
+    return {
+        "categories_table": _table(per_category) if len(per_category) else "",
+        "missing_table": _table(missing[["video", "category", "reason", "error", "path"]]) if len(missing) else "",
+        "unreferenced_table": _table(unreferenced[["video", "record_status", "path"]]) if len(unreferenced) else "",
+        "versions_table": _table(versions),
+    }
+
+
+def render_report(ev: Evaluation, path: Path, worst_best: int = 5) -> None:
+    """Write the HTML report of ``ev`` to ``path``."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("captioner.evaluation", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["fmt"] = _fmt
+    worst_cards, best_cards, changes = _cards_to_show(ev, worst_best)
     text_captions_table, text_references_table = _text_tables(ev)
     html = env.get_template("eval_report.html.j2").render(
         ev=ev,
@@ -290,10 +300,7 @@ def render_report(ev: Evaluation, path: Path, worst_best: int = 5) -> None:
         worst=worst_cards,
         best=best_cards,
         changes=changes,
-        categories_table=_table(per_category) if len(per_category) else "",
-        missing_table=missing_table if len(missing) else "",
-        unreferenced_table=unreferenced_table if len(unreferenced) else "",
-        versions_table=_table(versions),
+        **_summary_tables(ev),
         text_captions_table=text_captions_table,
         text_references_table=text_references_table,
         reference_text_flags=ev.references.flag_counts(),

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from captioner.errors import CaptionerError
 
-class FrameError(Exception):
+
+class FrameError(CaptionerError):
     """A clip whose frames cannot be read. The message names the file and the reason."""
 
     def __init__(self, path: Path | str, reason: str) -> None:

@@ -1,21 +1,28 @@
 """Captioning as a service: jobs of video folders, split into chunks and queued for Celery workers.
 
-- `submit`: the path policy, job options, and queueing a job's chunks (`submit`, `enqueue`).
-- `store`: job state, the output folders' done-index, claims and heartbeats in Redis (`JobStore`).
+- `submit`: the path policy, job options, and queueing a job's chunks (`submit`, `enqueue`);
+  `chunks`: how many videos a chunk holds, and how many chunks a worker holds at once.
+- `store`: job state, claims and heartbeats in Redis (`JobStore`), with its Lua scripts
+  (`redis_scripts`) and the output folders' done-index (`done_index`).
 - `status`: a job's status, `cancel`, `wait`, and its `summary.json`.
-- `worker`: the worker process (`WorkerRuntime`), a chunk (`run_chunk`), finishing a job, `nightly`.
+- `runtime`: the worker process (`WorkerRuntime`: engine, decoders, heartbeat), its engine shared
+  by its chunk threads (`shared_engine`) and its Prometheus metrics (`prometheus`).
+- `chunk`: one chunk of a job (`run_chunk`); `jobs`: finishing a job, the nightly job (`nightly`).
 - `celery_app` and `tasks`: the Celery app and its thin tasks; `workers/` is only the entry point.
 
-A worker runs a chunk with the same pipeline functions as `captioner run` and publishes its
-records as a part file of the output folder (see `captioner.outputs`).
+A worker runs a chunk with the same captioning functions as `captioner run` (`captioner.captioning`)
+and publishes its records as a part file of the output folder (see `captioner.records`).
 """
 
-from captioner.service.errors import JobNotFound, RetryChunk, SubmitError
-from captioner.service.status import cancel, job_summary, status, wait
-from captioner.service.store import FINISHED, JobStore, connect, ping, secure_url, video_key
+from captioner.service.chunk import run_chunk
 from captioner.service.chunks import chunk_size, chunks_in_flight
+from captioner.service.done_index import video_key
+from captioner.service.errors import JobNotFound, RetryChunk, SubmitError
+from captioner.service.jobs import finish_job, nightly
+from captioner.service.runtime import WorkerRuntime
+from captioner.service.status import cancel, job_summary, status, wait
+from captioner.service.store import FINISHED, JobStore, connect, ping, secure_url
 from captioner.service.submit import JobOptions, allowed_path, check_submission, enqueue, job_options, submit
-from captioner.service.worker import WorkerRuntime, finish_job, nightly, run_chunk
 
 __all__ = [
     "FINISHED",

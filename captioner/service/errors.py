@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from captioner.errors import CaptionerError
 
-class SubmitError(Exception):
+
+class SubmitError(CaptionerError):
     """A job that cannot be accepted; the message says why. Nothing has been queued."""
 
 
-class JobNotFound(Exception):
+class JobNotFound(CaptionerError):
     """No such job (never submitted, or expired after `job_ttl`)."""
 
 
-class RetryChunk(Exception):
+class RetryChunk(CaptionerError):
     """The chunk failed in a way worth another try (engine died, worker error); Celery retries it."""

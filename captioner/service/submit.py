@@ -160,7 +160,7 @@ def enqueue(
     """Record a job and send its chunks; `skipped` videos were found done before queueing.
 
     `left_out` counts what discovery left out (`ignored`, `settling`) in the job's status.
-    A job without videos has no chunk to finish it: the caller finishes it (`worker.finish_job`).
+    A job without videos has no chunk to finish it: the caller finishes it (`jobs.finish_job`).
     """
     job_id = uuid.uuid4().hex
     size = chunk_size(settings)
@@ -190,6 +190,15 @@ def enqueue(
             "submitted_at": repr(time.time()),
         },
     )
+    send_chunks(store, settings, job_id, chunks, out_dir, options)
+    log.info("job %s: %d videos in %d chunks of up to %d -> %s", job_id, len(videos), len(chunks), size, out_dir)
+    return job_id
+
+
+def send_chunks(
+    store: JobStore, settings: Settings, job_id: str, chunks: list[list[str]], out_dir: Path, options: JobOptions
+) -> None:
+    """Send one task per chunk of the recorded job; if the broker fails, mark the job failed (`SubmitError`)."""
     app = app_for(settings)
     try:
         with app.producer_or_acquire() as producer:
@@ -206,5 +215,3 @@ def enqueue(
         raise SubmitError(
             f"queueing failed after the job was recorded ({exc}); job {job_id} is marked failed"
         ) from None
-    log.info("job %s: %d videos in %d chunks of up to %d -> %s", job_id, len(videos), len(chunks), size, out_dir)
-    return job_id

@@ -1,4 +1,4 @@
-"""The service's Celery tasks: thin wrappers running `captioner.service.worker` in a worker process.
+"""The service's Celery tasks: thin wrappers running `captioner.service.chunk` and `.jobs` in a worker process.
 
 The worker's runtime (engine loaded once, decoder pools, heartbeat) lives in `_runtime`; it is
 made by `captioner worker` before the worker starts (`use_settings`), or from the environment at
@@ -14,8 +14,10 @@ from celery import shared_task, signals
 
 from captioner.config import Settings
 from captioner.service.celery_app import CHUNK_TASK, NIGHTLY_TASK
+from captioner.service.chunk import run_chunk
 from captioner.service.errors import RetryChunk
-from captioner.service.worker import WorkerRuntime, nightly, run_chunk
+from captioner.service.jobs import nightly
+from captioner.service.runtime import WorkerRuntime
 
 _runtime: WorkerRuntime | None = None
 _made = threading.Lock()
@@ -59,7 +61,7 @@ def _close(**_: Any) -> None:
     reject_on_worker_lost=True,
 )
 def caption_chunk(self: Any, job_id: str, index: int, videos: list[str], out: str, options: dict) -> dict:
-    """Caption chunk `index` of job `job_id` (see `captioner.service.worker.run_chunk`)."""
+    """Caption chunk `index` of job `job_id` (see `captioner.service.chunk.run_chunk`)."""
     return run_chunk(
         runtime(),
         job_id,

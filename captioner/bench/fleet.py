@@ -1,0 +1,162 @@
+"""The processes and files of the service benchmark (`scale`): a redis-server of its own, worker
+processes, a job's worth of hard-linked clips, and waiting on a job or on workers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import redis
+
+from captioner.config import Settings
+
+CLI = [sys.executable, "-m", "captioner.cli"]
+STAND_IN_WORKER = [sys.executable, "-m", "captioner.bench.standins", "worker"]  # then NAME [SECONDS_PER_CLIP]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server of the benchmark's own (nothing else in it, so its memory is the job's)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(folder)],
+            stdout=(folder / "redis.log").open("w"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.client = redis.Redis(port=self.port, decode_responses=True)
+        for _ in range(100):
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+
+    def used(self) -> int:
+        """Bytes the server holds now."""
+        return int(self.client.info("memory")["used_memory"])
+
+    def stop(self) -> None:
+        """Stop the server (its data is not kept)."""
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+class WorkerProcesses:
+    """Worker processes (each its own process group), started with `command`."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env, self.logs = env, logs
+        self.procs: dict[str, subprocess.Popen] = {}
+        logs.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
+        """Start `command` as worker `name`, with `env` over the common environment; its log goes to `logs`."""
+        self.procs[name] = subprocess.Popen(
+            command, env=dict(self.env, **(env or {})), start_new_session=True,
+            stdout=(self.logs / f"{name.split('@')[0]}.log").open("a"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def kill(self, name: str) -> None:
+        """SIGKILL worker `name` and its process group, as a crash would."""
+        proc = self.procs.pop(name)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
+
+    def stop(self) -> None:
+        """Kill every worker still running."""
+        for name in list(self.procs):
+            self.kill(name)
+
+
+def wait_alive(client: redis.Redis, count: int, timeout: float = 300) -> None:
+    """Wait until `count` workers have a heartbeat in Redis; `RuntimeError` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while len(client.keys("captioner:alive:*")) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"workers not up after {timeout:g} s")
+        time.sleep(0.5)
+
+
+LINKS_PER_COPY = 50_000  # ext4 allows 65,000 links to one file: a copy of the clip per 50,000
+
+
+def make_links(source: Path, folder: Path, count: int, per_folder: int = 1000) -> float:
+    """`count` hard links to copies of `source` under `folder` (`per_folder` a folder); return the seconds."""
+    started = time.perf_counter()
+    made = len(list(folder.glob("*/*.mp4"))) if folder.exists() else 0
+    for index in range(made, count):
+        sub = folder / f"{index // per_folder:05d}"
+        if index % per_folder == 0 or index == made:
+            sub.mkdir(parents=True, exist_ok=True)
+        copy = folder.parent / f"{folder.name}-source-{index // LINKS_PER_COPY:03d}.mp4"  # beside, not inside
+        if not copy.exists():
+            shutil.copy2(source, copy)  # keeps the settled time
+        os.link(copy, sub / f"clip_{index:07d}.mp4")
+    return time.perf_counter() - started
+
+
+def source_clip(work: Path) -> Path:
+    """The one small clip every link points to (written once in `work`, dated an hour back)."""
+    from captioner.demo.scenes import write_clip
+
+    clip = work / "source.mp4"
+    if not clip.exists():
+        write_clip(clip, "city", seconds=1, fps=10, width=128, height=72)
+    old = time.time() - 3600  # long settled: every link shares this inode's time
+    os.utime(clip, (old, old))
+    return clip
+
+
+def wait_done(
+    store: Any,
+    job_id: str,
+    timeout: float,
+    latencies: list[float] | None = None,
+    on_poll: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
+    """Poll `status` every second until the job is finished; each call's seconds go to `latencies`."""
+    from captioner.service import status
+
+    deadline = time.monotonic() + timeout
+    while True:
+        started = time.perf_counter()
+        current = status(store, job_id)
+        if latencies is not None:
+            latencies.append(time.perf_counter() - started)
+        on_poll()
+        if current["state"] in ("done", "cancelled", "failed"):
+            return current
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"job {job_id} not done after {timeout:g} s: {current}")
+        time.sleep(1.0)
+
+
+def worker_env(settings: Settings, url: str, work: Path, queue: str) -> dict[str, str]:
+    """The environment of a worker process: this one's, with `settings` and the benchmark's Redis and queue."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTIONER_")}
+    env.update(
+        CAPTIONER_HOME=str(settings.home), CAPTIONER_BROKER_URL=url, CAPTIONER_ALLOWED_ROOTS=str(work),
+        CAPTIONER_TIER=settings.tier, CAPTIONER_QUEUE=queue, CAPTIONER_SETTLE_SECONDS="0",
+        CAPTIONER_MODEL=settings.model, CAPTIONER_ADAPTER=settings.adapter or "none",
+    )  # fmt: skip
+    return env

@@ -1,0 +1,152 @@
+"""The unit of captioning work: a list of videos, decoded ahead and captioned in batches, one record per clip and adapter.
+
+Both `captioner run` (writing `captions.jsonl`) and a queue worker's chunk (writing a part file)
+caption through `caption_videos`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+from captioner.adapters import Adapter
+from captioner.captioning.decode_ahead import DecodeAhead, Slots
+from captioner.captioning.stats import CaptionStats
+from captioner.engine import Engine
+from captioner.frames import ClipFrames, FrameDecoder
+from captioner.planning import Plan
+from captioner.records import CaptionRecord, Provenance, RecordSink, caption_record, failed_record
+
+OnRecord = Callable[[CaptionRecord], None]
+OnBatch = Callable[[int], None]
+
+
+def warm(engine: Engine, plan: Plan) -> int:
+    """Cache the prompt prefix for every adapter of `plan` (the base model's apart); return its shareable tokens."""
+    engine.warm_prefix(plan.prompt)
+    if len(plan.adapters) > 1 and any(adapter.is_base for adapter in plan.adapters):
+        engine.warm_prefix(plan.prompt, with_adapter=False)  # the base model's prefix is cached apart
+    return engine.shareable_prefix_tokens(plan.prompt)
+
+
+def caption_batch(
+    engine: Engine,
+    plan: Plan,
+    batch: list[ClipFrames],
+    adapters_of: Callable[[str], tuple[Adapter, ...]],
+    made: Mapping[Adapter, Provenance],
+) -> dict[int, list[CaptionRecord]]:
+    """One engine call for a batch of decoded clips, each with every adapter it needs; their records by clip id."""
+    requests = [(clip, adapter) for clip in batch for adapter in adapters_of(clip.video)]
+    generations = engine.caption(
+        [clip.frames for clip, _ in requests], plan.prompt, plan.settings.sampling_params(),
+        adapters=[adapter for _, adapter in requests],
+    )  # fmt: skip
+    by_clip: dict[int, list[CaptionRecord]] = {}
+    for (clip, adapter), gen in zip(requests, generations):
+        by_clip.setdefault(id(clip), []).append(caption_record(made[adapter], clip, gen))
+    return by_clip
+
+
+def caption_clips(
+    videos: list[Path],
+    plan: Plan,
+    writer: RecordSink,
+    decoder: FrameDecoder,
+    engine_factory: Callable[[], Engine],
+    on_record: OnRecord = lambda record: None,
+    on_batch: OnBatch = lambda clips: None,
+    slots: Slots | None = None,
+    needs: Mapping[Path, tuple[Adapter, ...]] | None = None,
+) -> Iterator[tuple[CaptionRecord, int]]:
+    """Decode and caption `videos`, writing one record per clip and adapter as soon as it is known.
+
+    Yields each record with the prompt-prefix tokens the cache could have served for it.
+
+    Up to two batches are decoded ahead of the engine (`DecodeAhead`), so decoding overlaps
+    inference. The engine takes whatever is decoded when it is free (up to a batch): when the engine
+    is the slower stage, clips pile up during each call and batches are full; when decoding is
+    slower, the engine never waits for a full batch. Profiles where the engine shares the CPU with
+    decoding wait for full batches instead (`wait_for_full_batch`). The engine is created (by
+    `engine_factory`) once the first clips are decoding. `slots`: see `DecodeAhead`.
+
+    With several adapters, `needs` says which adapters each video still needs (default: all of the
+    plan's); a clip is decoded once and its frames go to the engine once per adapter, in one batch.
+    """
+    # The profile's batch counts requests (clips in flight in the engine): a clip is one per adapter.
+    batch_size = max(1, plan.profile.batch_size // len(plan.adapters))
+    wanted = {str(video): adapters for video, adapters in (needs or {}).items()}
+    made = {adapter: plan.made(adapter) for adapter in plan.adapters}
+    ahead = DecodeAhead(videos, decoder, 2 * batch_size, slots)
+
+    def finish(records: list[CaptionRecord]) -> list[CaptionRecord]:
+        """Write one clip's records, then give back its slot."""
+        for record in records:
+            writer.write(record)
+        ahead.release()
+        for record in records:
+            on_record(record)
+        return records
+
+    try:
+        ahead.top_up()
+        engine = engine_factory()
+        shareable = warm(engine, plan)
+        at_least = batch_size if plan.profile.wait_for_full_batch else 1
+        while ahead.busy:
+            if ahead.in_flight:
+                for video, error in ahead.collect(block=len(ahead.ready) < at_least):
+                    adapters = wanted.get(str(video), plan.adapters)
+                    for record in finish([failed_record(made[a], video, error.reason) for a in adapters]):
+                        yield record, 0
+                ahead.top_up()
+            batch = ahead.take(batch_size, at_least)
+            if not batch:
+                continue
+            on_batch(len(batch))
+            by_clip = caption_batch(engine, plan, batch, lambda video: wanted.get(video, plan.adapters), made)
+            for clip in batch:
+                for record in finish(by_clip.get(id(clip), [])):
+                    yield record, shareable
+            if not ahead.busy:
+                ahead.top_up()  # the slots this batch gave back let the rest of the queue start
+    finally:
+        ahead.release_all()
+
+
+def caption_videos(
+    videos: list[Path],
+    writer: RecordSink,
+    plan: Plan,
+    engine_factory: Callable[[], Engine],
+    stats: CaptionStats,
+    on_record: OnRecord = lambda record: None,
+    on_batch: OnBatch = lambda clips: None,
+    decoder: FrameDecoder | None = None,
+    slots: Slots | None = None,
+    needs: Mapping[Path, tuple[Adapter, ...]] | None = None,
+) -> CaptionStats:
+    """Caption `videos` (already known to need it) into `writer`; count them in `stats`.
+
+    The unit of work of both `caption_folders` (writing `captions.jsonl`) and a queue worker's chunk
+    (writing a part file). Engine death (vLLM's EngineDeadError) propagates, so the caller can
+    rebuild the engine and try again. `on_batch` hears the size of every batch handed to the engine
+    (also counted in `stats`). `decoder` is a long-lived decoder pool (a worker's); without one, a
+    pool is started for this call. `slots` and `needs`: see `caption_clips`.
+    """
+    if not videos:
+        return stats
+
+    def batch(clips: int) -> None:
+        stats.add_batch(clips)
+        on_batch(clips)
+
+    with contextlib.ExitStack() as stack:
+        if decoder is None:
+            workers = min(plan.profile.decode_workers, len(videos))
+            decoder = stack.enter_context(FrameDecoder(plan.frame_spec, workers, plan.settings.decode_timeout))
+        clips = caption_clips(videos, plan, writer, decoder, engine_factory, on_record, batch, slots, needs)
+        for record, shareable in clips:
+            stats.add(record, shareable)
+    return stats

@@ -140,7 +140,8 @@ def _model_shape(settings: Any, model_config: Path | None, text_tokens: int | No
     if model_config is not None:
         if text_tokens is None:
             fail("--model-config has no tokenizer to count the prompt with: give --text-tokens")
-        return str(model_config), ModelShape.from_config(json.loads(model_config.read_text(encoding="utf-8"))), text_tokens
+        shape = ModelShape.from_config(json.loads(model_config.read_text(encoding="utf-8")))
+        return str(model_config), shape, text_tokens
     source, _, rendered, shape = model_facts(settings)
     return source, shape, rendered.text_tokens if text_tokens is None else text_tokens
 

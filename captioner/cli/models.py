@@ -73,7 +73,8 @@ def _progress_bar() -> tuple[Any, Callable[[int, int, float], None]]:
     from tqdm import tqdm
 
     # Redirected to a file, a line every 30 s rather than a redraw every step.
-    bar = tqdm(desc="training", unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 30)
+    bar = tqdm(desc="training", unit="step", file=sys.stderr, dynamic_ncols=True,
+               mininterval=0.2 if sys.stderr.isatty() else 30)
 
     def on_step(step: int, total: int, loss: float) -> None:
         bar.total = total

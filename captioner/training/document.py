@@ -15,9 +15,13 @@ from captioner.training.examples import DecodedSet, Pairing
 from captioner.training.job import TrainJob
 
 TRAINING_FILE = "training.json"
+# Paths of the data (reported under "data") and of the output: not hyper-parameters.
+_DATA_FIELDS = {"refs", "videos", "out", "val_refs", "val_videos"}
 
 
-def training_document(job: TrainJob, grad_ckpt: bool, per_epoch: int, state: FitState, resumed_at: int) -> dict[str, Any]:
+def training_document(
+    job: TrainJob, grad_ckpt: bool, per_epoch: int, state: FitState, resumed_at: int
+) -> dict[str, Any]:
     """The contents of `training.json`."""
     config, spec, device = job.config, job.spec, job.device
     pairing, val_pairing, decoded, val_decoded = job.pairing, job.val_pairing, job.decoded, job.val_decoded
@@ -40,7 +44,7 @@ def training_document(job: TrainJob, grad_ckpt: bool, per_epoch: int, state: Fit
         "data": {**data(pairing, decoded), "hash": job.digest, "refs": str(config.refs),
                  "videos": [str(v) for v in config.videos], "examples_per_epoch": per_epoch * config.batch},
         "validation_data": data(val_pairing, val_decoded) if val_pairing and val_decoded else None,
-        "hyperparameters": {k: v for k, v in config.to_json().items() if k not in {"refs", "videos", "out", "val_refs", "val_videos"}},
+        "hyperparameters": {k: v for k, v in config.to_json().items() if k not in _DATA_FIELDS},
         "device": {"name": device.name, "dtype": device.dtype, "gradient_checkpointing": grad_ckpt},
         "steps": state.step,
         "steps_per_epoch": per_epoch,

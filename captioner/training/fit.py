@@ -1,4 +1,4 @@
-"""The training loop: optimizer steps, validation at an epoch's end, checkpoints, then the adapter and `training.json`."""
+"""The training loop: optimizer steps, validation at an epoch's end, checkpoints, the adapter, `training.json`."""
 
 from __future__ import annotations
 

@@ -12,17 +12,20 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from captioner.adapters import Adapter, resolve_adapters
 from captioner.config import DEMO, Settings
-from captioner.engine import CaptionEngine, Engine
+from captioner.engine import Engine
 from captioner.errors import ConfigError
 from captioner.frames import FrameSpec
 from captioner.prompts import PromptError, RenderedPrompt, check_budget, load_prompt, render, tokens_per_frame
 from captioner.records import Provenance, VersionKey
 from captioner.sizing import ModelShape, Sizing, SizingError, concurrency, disagreement_warning, size
 from captioner.tiers import TierProfile, cuda_device, resolve_profile
+
+if TYPE_CHECKING:
+    from captioner.engine.vllm_engine import CaptionEngine
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +121,8 @@ def model_frame_size(settings: Settings) -> int:
     try:
         return int(json.loads(config.read_text(encoding="utf-8"))["vision_config"]["image_size"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{config}: no vision_config.image_size ({exc}); give the frame size with --frame-size") from None
+        reason = f"no vision_config.image_size ({exc}); give the frame size with --frame-size"
+        raise ConfigError(f"{config}: {reason}") from None
 
 
 def model_facts(settings: Settings) -> tuple[str, Any, RenderedPrompt, ModelShape]:
@@ -239,6 +243,8 @@ def check_fits(sizing: Sizing, profile: TierProfile) -> None:
 
 def load_engine(plan: Plan) -> CaptionEngine:
     """Build the vLLM engine for `plan` (tens of seconds; do it once per process)."""
+    from captioner.engine.vllm_engine import CaptionEngine  # here: it loads torch, which planning never needs
+
     return CaptionEngine(plan.model, plan.profile, plan.adapters, seed=plan.settings.seed)
 
 

@@ -51,3 +51,21 @@ def clip_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("clips")
     write_clips(folder, 5, seconds=2, fps=10, width=160, height=96)
     return folder
+
+
+# The service tests' Redis and allowed root: one per test module (each starts its own workers).
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """The allowed root of the module's submissions."""
+    return tmp_path_factory.mktemp("allowed")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A redis-server of the module's own, persisting to an append-only file (it survives a restart)."""
+    from tests.service_support import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

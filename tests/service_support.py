@@ -20,6 +20,7 @@ from pathlib import Path
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from captioner.bench.fleet import free_port
 from captioner.demo.scenes import write_clips
 from captioner.records import dataset_files
 from captioner.service import JobStore, status
@@ -28,13 +29,6 @@ from tests.compose import captioner_args, with_option
 
 CLI = [sys.executable, "-m", "captioner.cli"]
 HOST = socket.gethostname()
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:

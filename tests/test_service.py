@@ -61,20 +61,6 @@ DEAD_AFTER = 10
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    """The allowed root of the tests' submissions."""
-    return tmp_path_factory.mktemp("allowed")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def svc_settings(settings: Settings, server: RedisServer, root: Path) -> Settings:
     """What `submit`, `status` and `cancel` use in this process."""
     return settings.model_copy(

@@ -9,28 +9,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
 from captioner.records import dataset_files
 from captioner.service import JobStore, submit
 from captioner.sources import video_id
-from tests.service_support import RedisServer, Worker, clips, free_port, wait_job, worker_environment
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    """The allowed root of this module's submissions."""
-    return tmp_path_factory.mktemp("allowed")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
+from tests.service_support import Worker, clips, free_port, wait_job, worker_environment
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,7 @@ def _engine_only(engine: Any, plan: Plan, frames: list[np.ndarray], prefix_cachi
 
 def time_fresh_engine(settings: Any, frames: list[np.ndarray], prefix_caching: bool) -> dict[str, float]:
     """Runs in its own process: build an engine and time it on pre-decoded frames."""
-    from captioner.engine import CaptionEngine
+    from captioner.engine.vllm_engine import CaptionEngine
 
     plan = make_plan(settings)
     engine = CaptionEngine(plan.model, plan.profile, plan.adapters, seed=settings.seed,

@@ -22,7 +22,8 @@ CLI = [sys.executable, "-m", "captioner.cli"]
 STAND_IN_WORKER = [sys.executable, "-m", "captioner.bench.standins", "worker"]  # then NAME [SECONDS_PER_CLIP]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -32,7 +33,7 @@ class RedisServer:
     """A redis-server of the benchmark's own (nothing else in it, so its memory is the job's)."""
 
     def __init__(self, folder: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(

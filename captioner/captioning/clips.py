@@ -1,4 +1,4 @@
-"""The unit of captioning work: a list of videos, decoded ahead and captioned in batches, one record per clip and adapter.
+"""The unit of captioning work: videos decoded ahead and captioned in batches, one record per clip and adapter.
 
 Both `captioner run` (writing `captions.jsonl`) and a queue worker's chunk (writing a part file)
 caption through `caption_videos`.
@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Mapping
 from captioner.adapters import Adapter
 from captioner.captioning.decode_ahead import DecodeAhead, Slots
 from captioner.captioning.stats import CaptionStats
+from captioner.config import Sampling
 from captioner.engine import Engine
 from captioner.frames import ClipFrames, FrameDecoder
 from captioner.planning import Plan
@@ -36,11 +37,12 @@ def caption_batch(
     batch: list[ClipFrames],
     adapters_of: Callable[[str], tuple[Adapter, ...]],
     made: Mapping[Adapter, Provenance],
+    sampling: Sampling,
 ) -> dict[int, list[CaptionRecord]]:
     """One engine call for a batch of decoded clips, each with every adapter it needs; their records by clip id."""
     requests = [(clip, adapter) for clip in batch for adapter in adapters_of(clip.video)]
     generations = engine.caption(
-        [clip.frames for clip, _ in requests], plan.prompt, plan.settings.sampling_params(),
+        [clip.frames for clip, _ in requests], plan.prompt, sampling,
         adapters=[adapter for _, adapter in requests],
     )  # fmt: skip
     by_clip: dict[int, list[CaptionRecord]] = {}
@@ -93,6 +95,7 @@ def caption_clips(
         ahead.top_up()
         engine = engine_factory()
         shareable = warm(engine, plan)
+        sampling = plan.settings.sampling_params()
         at_least = batch_size if plan.profile.wait_for_full_batch else 1
         while ahead.busy:
             if ahead.in_flight:
@@ -105,7 +108,7 @@ def caption_clips(
             if not batch:
                 continue
             on_batch(len(batch))
-            by_clip = caption_batch(engine, plan, batch, lambda video: wanted.get(video, plan.adapters), made)
+            by_clip = caption_batch(engine, plan, batch, lambda video: wanted.get(video, plan.adapters), made, sampling)
             for clip in batch:
                 for record in finish(by_clip.get(id(clip), [])):
                     yield record, shareable

@@ -73,7 +73,7 @@ class DecodeAhead:
         return failures
 
     def take(self, size: int, at_least: int) -> list[ClipFrames]:
-        """Up to `size` decoded clips for the engine, or none while fewer than `at_least` are ready and more are coming."""
+        """Up to `size` decoded clips, or none while fewer than `at_least` are ready and more are coming."""
         if not self.ready or (len(self.ready) < at_least and self.in_flight):
             if not self.busy:
                 self.top_up()  # everything so far failed to decode: wait for slots for the rest

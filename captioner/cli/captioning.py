@@ -220,7 +220,7 @@ def frame_size_of(settings: Any) -> int:
     from captioner.planning import model_frame_size
 
     if settings.model == DEMO and not (settings.demo_dir / "base" / "config.json").is_file():
-        from captioner.demo.checkpoint import DEMO_FRAME_SIZE
+        from captioner.demo.recipe import DEMO_FRAME_SIZE
 
         return DEMO_FRAME_SIZE
     return model_frame_size(settings)

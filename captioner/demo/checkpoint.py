@@ -15,7 +15,15 @@ from pathlib import Path
 from captioner import compat
 from captioner.demo.adapter import point_at_base
 from captioner.hub_layout import hub_key
-from captioner.prompts import VIDEO_TOKEN, frame_tokens
+from captioner.demo.recipe import (
+    DEMO_FRAME_SIZE,
+    DEMO_LORA_RANK,
+    DEMO_MAX_MODEL_LEN,
+    DEMO_PATCH_SIZE,
+    DEMO_SPATIAL_POOL_STRIDE,
+    DEMO_TOKENS_PER_FRAME,
+)
+from captioner.prompts import VIDEO_TOKEN
 
 compat.apply()  # transformers' processors import torchaudio/torchvision (see compat)
 
@@ -53,11 +61,6 @@ __all__ = [
     "write_random_adapter",
 ]
 
-DEMO_FRAME_SIZE = 64  # frames are resized/cropped to this square size (real model: 336)
-DEMO_PATCH_SIZE = 8  # CLIP patch size (real model: 14)
-DEMO_SPATIAL_POOL_STRIDE = 2  # as the real model
-DEMO_MAX_MODEL_LEN = 4096  # max_position_embeddings of the text model
-DEMO_LORA_RANK = 8  # adapter rank; serve with max_lora_rank >= this
 IMAGE_TOKEN = "<image>"
 
 # chat_template.json of llava-hf/LLaVA-NeXT-Video-7B-hf (Vicuna style, with the
@@ -92,8 +95,6 @@ _TEXT = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 2,
          "intermediate_size": 256}  # fmt: skip
 _VISION = {"hidden_size": 128, "num_attention_heads": 2, "num_hidden_layers": 2, "intermediate_size": 512}
 _LORA_B_STD = 0.2  # PEFT zero-inits B (a no-op adapter); random B makes it change outputs
-
-DEMO_TOKENS_PER_FRAME = frame_tokens(DEMO_FRAME_SIZE, DEMO_PATCH_SIZE, DEMO_SPATIAL_POOL_STRIDE)
 
 
 def write_base(base_dir: Path, seed: int = 0) -> tuple[LlavaNextVideoForConditionalGeneration, torch.Generator]:

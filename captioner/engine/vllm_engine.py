@@ -1,4 +1,4 @@
-"""The vLLM engine (`CaptionEngine`, an `Engine`): one vLLM `LLM` per process, loaded once, captioning a batch of clips per call.
+"""The vLLM engine (`CaptionEngine`, an `Engine`): one vLLM `LLM` per process, loaded once.
 
 All clips of a batch go into one `generate` call (vLLM schedules them together), each with one
 video and the same rendered prompt, so the text before the video is served from the prefix cache.

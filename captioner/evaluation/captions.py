@@ -47,17 +47,6 @@ def caption_files(target: Path) -> list[Path]:
     return files
 
 
-def file_problem(path: Path) -> str | None:
-    """Why `path` cannot be read as UTF-8 text (naming the file), or None."""
-    try:
-        path.read_bytes().decode("utf-8-sig")
-    except OSError as exc:
-        return f"{path}: cannot read ({exc.strerror or exc})"
-    except UnicodeDecodeError as exc:
-        return f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
-    return None
-
-
 def record_problem(rec: dict[str, Any], where: str) -> str | None:
     """Why a JSON object is not a usable caption record, or None."""
     video, status, caption = rec.get("video"), rec.get("status"), rec.get("caption")
@@ -90,9 +79,8 @@ def read_caption_records(target: Path) -> list[Line]:
     line of every malformed record. Each `Line` returned holds a usable record.
     """
     files = caption_files(target)
-    file_problems = {path: file_problem(path) for path in files}
-    problems = [problem for problem in file_problems.values() if problem]
-    lines = located_lines([path for path, problem in file_problems.items() if problem is None], whole=True)
+    lines = located_lines(files)
+    problems = []
     for line in lines:
         problem = line.problem or record_problem(line.record, line.where)
         if problem:

@@ -13,6 +13,7 @@ queue worker). Both are `RecordSink`s: the pipeline writes records through eithe
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import shutil
@@ -37,8 +38,13 @@ class RecordSink(Protocol):
         ...
 
 
+@functools.cache
 def umask_mode() -> int:
-    """The mode a new regular file gets here (0666 less the umask); read without changing it for long."""
+    """The mode a new regular file gets here (0666 less the umask).
+
+    Read once: the only way to read the umask is to set it, and a worker writes from several
+    threads, which must never create a file while it is set to something else.
+    """
     mask = os.umask(0o022)
     os.umask(mask)
     return 0o666 & ~mask

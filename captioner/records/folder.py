@@ -47,14 +47,8 @@ def json_objects(
         yield number, where, obj, None
 
 
-def complete_lines(path: Path, whole: bool = False) -> list[str]:
-    """The lines of a JSONL file up to its last newline (an unfinished last write is not a record).
-
-    `whole`: every line, the last one too, and a byte-order mark dropped: a file another tool wrote,
-    read strictly (bytes that are not UTF-8 raise `UnicodeDecodeError`).
-    """
-    if whole:
-        return path.read_bytes().decode("utf-8-sig").split("\n")
+def complete_lines(path: Path) -> list[str]:
+    """The lines of a JSONL file up to its last newline (an unfinished last write is not a record)."""
     text = path.read_text(encoding="utf-8", errors="replace")
     # "\n" only: str.splitlines also splits at U+2028 and other separators a caption may contain.
     return text[: text.rfind("\n") + 1].split("\n")
@@ -108,18 +102,26 @@ class Line:
     problem: str | None
 
 
-def located_lines(files: list[Path], whole: bool = False) -> list[Line]:
-    """Every JSON line of `files`, oldest first: by `created_at` across files, file order within a second.
+def located_lines(files: list[Path]) -> list[Line]:
+    """Every JSON line of `files`, strictly; oldest first: by `created_at` across files, file order within a second.
 
-    `whole`: see `complete_lines`.
+    Strictly, for readers that must name every problem: a file that cannot be read or is not UTF-8
+    is one `Line` naming it (number 0, first in the list), and a last line without a newline is read
+    like the others (the file may come from another tool; a byte-order mark is dropped).
     """
-    lines = [
-        Line(record, number, where, problem)
-        for path in files
-        for number, where, record, problem in json_objects(complete_lines(path, whole), path)
-    ]
-    if len(files) > 1:
-        lines.sort(key=lambda line: created_at(line.record))  # stable: file order within a second
+    lines = []
+    for path in files:
+        try:
+            text = path.read_bytes().decode("utf-8-sig")
+        except OSError as exc:
+            lines.append(Line(None, 0, str(path), f"{path}: cannot read ({exc.strerror or exc})"))
+        except UnicodeDecodeError as exc:
+            lines.append(Line(None, 0, str(path), f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"))
+        else:
+            found = json_objects(text.split("\n"), path)
+            lines += [Line(record, number, where, problem) for number, where, record, problem in found]
+    if len(files) > 1:  # stable: file order within a second
+        lines.sort(key=lambda line: (line.number > 0, created_at(line.record)))
     return lines
 
 

@@ -48,6 +48,10 @@ CONFIG_ENV = "CAPTIONER_CONFIG"  # names an optional TOML file with any of the s
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # Safe by default: a folder that exists only where an administrator made it for captioning.
 DEFAULT_ALLOWED_ROOTS = (Path("/srv/captioner"),)
+# A reference caption is 0.1-2 KB: a line (record) a thousand times that is a wrong file, and is
+# refused before it costs seconds and gigabytes; a whole file holds about a million clips' worth.
+REFERENCE_MAX_LINE_BYTES = 1 << 20
+REFERENCE_MAX_FILE_BYTES = 1 << 30
 
 PathList = Annotated[list[Path], NoDecode]  # from the environment: paths separated by ':'
 
@@ -78,6 +82,18 @@ class Settings(BaseSettings):
     sampling: Literal["default", "deterministic"] = "default"
     seed: int = 0
     decode_timeout: float = Field(60.0, gt=0, description="Seconds before a clip's decoder process is killed.")
+    # Caps decided from a clip's probe, before decoding (defaults as in captioner/frames/decode.py).
+    max_display_pixels: int = Field(
+        7680 * 4320, gt=0, description="Pixels a frame may have as shown (or as coded, if larger); default 8K UHD."
+    )
+    max_aspect: float = Field(
+        10.0, ge=1, description="Long side / short side a frame may have as shown (32:9 panoramas are 3.6)."
+    )
+    max_frames: int = Field(64, gt=0, description="Frames per clip a decoder may be asked for (tiers take 8-32).")
+    decoder_memory_mb: int = Field(
+        4096, ge=0, description="MiB of address space a decoder process may add once its libraries are loaded; "
+        "a clip past it fails alone; 0 = no limit."
+    )
     keyframe_tolerance: float = Field(
         0.25, ge=0, le=0.5, description="A target frame is served by its nearest keyframe within this share of a "
         "segment (cheaper to decode); 0 = exact frames."
@@ -88,6 +104,13 @@ class Settings(BaseSettings):
     )
     home: Path = Field(default_factory=default_home)
     profile: dict[str, Any] = Field(default_factory=dict, description="Overrides of tier profile fields.")
+    reference_max_line_bytes: int = Field(
+        REFERENCE_MAX_LINE_BYTES, gt=0, description="Largest reference JSONL line, CSV line or field, or AI-Hub "
+        "label file (`captioner eval --refs`); a larger one is reported with its file and line."
+    )
+    reference_max_file_bytes: int = Field(
+        REFERENCE_MAX_FILE_BYTES, gt=0, description="Largest references file (or AI-Hub label folder, all files)."
+    )
 
     # Service (`captioner worker | submit | status | cancel | beat`).
     broker_url: str = Field(DEFAULT_REDIS_URL, description="Celery broker: redis:// or rediss:// (TLS) URL.")
@@ -96,6 +119,11 @@ class Settings(BaseSettings):
     allowed_roots: PathList = Field(
         default_factory=lambda: list(DEFAULT_ALLOWED_ROOTS),
         description="Submitted folders and output folders must lie under one of these.",
+    )
+    output_roots: PathList = Field(
+        default_factory=list,
+        description="Output folders must lie under one of these (e.g. not under a read-only videos mount); "
+        "empty: the allowed roots.",
     )
     chunk_size: int | None = Field(None, gt=0, description="Videos per queued chunk; default 2 x the tier's batch.")
     job_ttl: int = Field(7 * 24 * 3600, gt=0, description="Seconds a finished job's state is kept in Redis.")
@@ -196,6 +224,11 @@ class Settings(BaseSettings):
     def demo_dir(self) -> Path:
         """Folder of the built-in demo checkpoint."""
         return self.home / "demo"
+
+    @property
+    def writable_roots(self) -> list[Path]:
+        """Where output folders may be: `output_roots`, else `allowed_roots`."""
+        return self.output_roots or self.allowed_roots
 
     @property
     def uses_demo(self) -> bool:

@@ -79,7 +79,7 @@ class Plan:
     @property
     def frame_spec(self) -> FrameSpec:
         """What the frame stage takes from every clip for this plan."""
-        return FrameSpec(self.frames, self.frame_size, self.settings.keyframe_tolerance)
+        return frame_spec_for(self.settings, self.frames, self.frame_size)
 
     def key_for(self, adapter: Adapter) -> VersionKey:
         """The version key of the records `adapter` writes in this plan."""
@@ -89,6 +89,13 @@ class Plan:
     def key(self) -> VersionKey:
         """The version key of the (first) adapter's records."""
         return self.key_for(self.adapters[0])
+
+
+def frame_spec_for(settings: Settings, frames: int, frame_size: int) -> FrameSpec:
+    """`frames` frames of short side `frame_size`, with the settings' keyframe tolerance and caps."""
+    s = settings
+    return FrameSpec(frames, frame_size, s.keyframe_tolerance, max_display_pixels=s.max_display_pixels,
+                     max_aspect=s.max_aspect, max_frames=s.max_frames, decoder_memory_mb=s.decoder_memory_mb)
 
 
 def resolve_model(settings: Settings) -> str:

@@ -127,6 +127,11 @@ def _modified_within(path: Path, now: float, seconds: float) -> bool:
 # UTF-8 file, Redis command or web page accepts. Records therefore name a video by `video_id`
 # (always valid text: undecodable bytes shown as \xNN) and, only when that is not the exact name,
 # keep the exact bytes in `video_raw` (base64), so the name is faithful and reversible.
+#
+# `video_id` is for showing, not for telling videos apart: a name holding the byte 0xff and a name
+# holding the four characters `\xff` show the same text. Whatever keys, dedupes or matches videos
+# (newest record per video, export rows, resume, the done-index) uses the exact bytes instead:
+# `video_bytes` for a path, `record_key` for a record, which agree for a record of that path.
 
 
 def video_id(path: Path | str) -> str:
@@ -155,8 +160,36 @@ def raw_name(path: Path | str) -> str | None:
 
 def record_path(record: dict[str, Any]) -> Path:
     """The file a record is about (inverse of `video_id` + `raw_name`)."""
+    raw = _raw_bytes(record)
+    return Path(os.fsdecode(raw)) if raw is not None else Path(record["video"])
+
+
+def video_bytes(path: Path | str | bytes) -> bytes:
+    """The identity of a video: the exact bytes of its path (two names that show alike stay apart).
+
+    A video's identity (`bytes`) passes through unchanged, so callers may hold either.
+    """
+    return os.fsencode(path)
+
+
+def record_key(record: dict[str, Any]) -> bytes:
+    """The identity of the video a record is about: `video_bytes` of the path it was written for.
+
+    Raises ValueError (or TypeError) for a record that names no path: `video` not a string or not
+    encodable as a file name, `video_raw` not base64.
+    """
+    raw = _raw_bytes(record)
+    if raw is not None:
+        return raw
+    if not isinstance(record.get("video"), str):
+        raise TypeError(f"a record's video must be a string, not {type(record.get('video')).__name__}")
+    return os.fsencode(record["video"])
+
+
+def _raw_bytes(record: dict[str, Any]) -> bytes | None:
+    """The bytes `video_raw` holds (None when the record has none: `video` is the exact name)."""
     raw = record.get("video_raw")
-    return Path(os.fsdecode(base64.b64decode(raw))) if isinstance(raw, str) and raw else Path(record["video"])
+    return base64.b64decode(raw, validate=True) if isinstance(raw, str) and raw else None
 
 
 def discover(folders: list[Path], settle_seconds: float = 0.0) -> Found:

@@ -17,10 +17,11 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from captioner.bench.fleet import free_port
+from captioner.bench import fleet
+from captioner.bench.fleet import free_port, queued  # noqa: F401 - the service tests import them from here
+from captioner.bench.lifetime import die_with_parent
 from captioner.demo.scenes import write_clips
 from captioner.records import dataset_files
 from captioner.service import JobStore, status
@@ -31,40 +32,17 @@ CLI = [sys.executable, "-m", "captioner.cli"]
 HOST = socket.gethostname()
 
 
-class RedisServer:
-    """A redis-server of our own, persisting to an append-only file so it survives a restart."""
+class RedisServer(fleet.RedisServer):
+    """The benchmarks' redis-server (`captioner.bench.fleet`), persisting to an append-only file so it
+    survives a restart; built stopped (`start()`), as the fixtures expect."""
 
     def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-            stdout=(self.dir / "redis.log").open("a"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: redis flushes the AOF and exits
-            self.proc.wait(30)
+        super().__init__(directory, aof=True)
 
 
 class Worker:
-    """A `captioner worker` process (its own process group, so its decoder processes die with it)."""
+    """A `captioner worker` process (its own process group, so its decoder processes die with it; it dies
+    with the test process)."""
 
     def __init__(self, name: str, env: dict[str, str], logs: Path, metrics_port: int) -> None:
         self.name = f"{name}@{HOST}"
@@ -76,6 +54,7 @@ class Worker:
             [*CLI, *args],
             env=dict(env, CAPTIONER_METRICS_PORT=str(metrics_port)),
             stdout=self.log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent(),  # a test run killed from outside leaves no worker behind
         )  # fmt: skip
 
     def metrics(self) -> dict[str, float]:
@@ -116,11 +95,6 @@ def wait_job(store: JobStore, job_id: str, timeout: float = 180, states=("done",
             return current
         assert time.monotonic() < deadline, f"job still {current}"
         time.sleep(0.3)
-
-
-def queued(client: redis.Redis, queue: str = "captioner") -> int:
-    """Messages waiting in `queue`, over kombu's per-priority lists (NAME, NAME\x06\x16N)."""
-    return sum(client.llen(key) for key in [queue] + [f"{queue}\x06\x16{n}" for n in range(1, 10)])
 
 
 def one_record_each(out: Path, videos: list[Path]) -> dict[str, dict]:

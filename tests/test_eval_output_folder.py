@@ -8,6 +8,7 @@ named by file and line), in read_output's order, so its last record per video is
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,7 @@ def test_the_last_record_is_the_datasets_latest(folder):
     write(folder / "parts" / "job3.jsonl", [rec("sky", None, "4T00:00:00")])
     caps = load_captions(folder)
     latest = latest_by_video(read_output(folder))
-    assert {Path(v).stem: (r["status"], r["caption"]) for v, r in latest.items()} == {
+    assert {Path(os.fsdecode(v)).stem: (r["status"], r["caption"]) for v, r in latest.items()} == {
         s: (c.status, c.caption) for s, c in caps.clips.items()
     }
     assert caps.clips["sky"].status == "failed"

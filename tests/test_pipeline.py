@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from captioner.errors import ConfigError
 from captioner.frames import sample_frames
 from captioner.planning import check_engine, make_plan
 from captioner.records import read_records
+from captioner.sources import record_path, video_id
 from tests.badfiles import write_bad_files
 
 BAD_REASONS = {
@@ -126,6 +128,21 @@ def test_rerun_skips_ok_and_retries_failed(first_run, mixed_dir, settings, engin
     assert len(after) == len(before)  # compaction: one record per video and version
     ok_before = {r["video"]: r["caption"] for r in before if r["status"] == "ok"}
     assert ok_before == {r["video"]: r["caption"] for r in after if r["status"] == "ok"}
+
+
+def test_two_names_that_show_alike_are_two_videos(tmp_path, clip_dir, settings, engine):
+    # Issue 20: the byte 0xff and the four characters "\xff" show the same `video` text.
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    raw, literal = Path(os.fsdecode(os.fsencode(folder) + b"/\xff.mp4")), folder / "\\xff.mp4"
+    for path in (raw, literal):
+        shutil.copyfile(sorted(clip_dir.glob("*.mp4"))[0], path)
+    out = tmp_path / "out"
+    assert run([folder], out, settings, engine=engine)["ok"] == 2
+    records = read_records(out / "captions.jsonl")
+    assert {video_id(raw)} == {r["video"] for r in records} and {record_path(r) for r in records} == {raw, literal}
+    again = run([folder], out, settings, engine=engine)  # resumed: each is done, neither for the other
+    assert (again["skipped"], again["ok"]) == (2, 0) and len(read_records(out / "captions.jsonl")) == 2
 
 
 def test_lora_adapter_changes_the_caption(engine, plan, clip_dir):

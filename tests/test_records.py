@@ -66,7 +66,7 @@ def test_latest_per_version_and_compaction(tmp_path):
     records = read_records(path)
     key = VersionKey.of(records[0])
     latest = latest_by_video(records, key)
-    assert latest["/v/a.mp4"]["status"] == "ok" and latest["/v/b.mp4"]["status"] == "failed"
+    assert latest[b"/v/a.mp4"]["status"] == "ok" and latest[b"/v/b.mp4"]["status"] == "failed"  # keyed by path bytes
     assert compact(path) == 1  # only the superseded failure of a.mp4 goes; v2's caption stays beside v1's
     kept = read_records(path)
     assert [(r["video"], r["prompt"]["version"], r["status"]) for r in kept] == [

@@ -522,8 +522,17 @@ def test_workers_refuse_pickle_and_paths_outside_their_roots(workers, svc_settin
     quiet = svc_settings.model_copy(update=dict(queue="nobody-reads"))
     video = str(root / "shared" / "clip.mp4")
     job_id = enqueue(store, quiet, [root / "shared"], root / "prompt-out", [Path(video)], job_options(quiet))
-    app.send_task(CHUNK_TASK, args=[job_id, 0, [video], str(root / "prompt-out"), {"prompt": "../../etc/x@1"}],
-                  queue="captioner")  # fmt: skip
+    hostile = {"prompt": "../../etc/x@1"}
+    # A message whose options are not its job's is refused, and the job is left alone ...
+    app.send_task(CHUNK_TASK, args=[job_id, 0, [video], str(root / "prompt-out"), hostile], queue="captioner")
+    deadline = time.monotonic() + 30
+    while "its options are not the job's" not in "".join(w.log.read_text() for w in workers):
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    assert store.state(job_id) == "queued"
+    # ... and a job record planted with them fails as a whole, naming the reason.
+    store.redis.hset(store.key(job_id), "options", json.dumps(hostile))
+    app.send_task(CHUNK_TASK, args=[job_id, 0, [video], str(root / "prompt-out"), hostile], queue="captioner")
     final = wait_job(store, job_id)
     assert final["state"] == "failed" and "is not a prompt name" in final["error"], final
 

@@ -61,10 +61,18 @@ def test_done_index_is_rebuilt_from_the_files_once_and_again_when_they_change(st
     assert store.done(out, KEY, videos) == [True, False, True, True, False]
 
 
+def run(store: JobStore, worker: str, chunk: str) -> None:
+    """Register `chunk` ("JOB:INDEX") as run by `worker` (a claim counts only while its chunk runs)."""
+    job, index = chunk.split(":")
+    store.create(job, {"state": "queued", "chunks": 9}) if store.get(job) is None else None
+    assert store.start_chunk(job, int(index), worker, "host", "q", [job, int(index)]) >= 1
+
+
 def test_claims_keep_two_chunks_off_the_same_video_until_the_owner_dies(store, tmp_path):
     out = tmp_path / "out"
     a, b, c = (Path(f"/v/{name}.mp4") for name in "abc")
     store.beat("w1", 60)
+    run(store, "w1", "job1:0")
     assert store.claim(out, KEY, "w1", "job1:0", [a, b]) == [0, 0]
     assert store.claim(out, KEY, "w1", "job1:0", [a]) == [0]  # the same chunk again (a retry)
     # Another chunk, even on the same worker (its other thread) or of another job, keeps off.
@@ -73,6 +81,58 @@ def test_claims_keep_two_chunks_off_the_same_video_until_the_owner_dies(store, t
     assert store.claim(out, KEY, "w2", "job2:1", [a]) == [2]
     store.redis.delete("captioner:alive:w1")  # w1 stopped beating
     assert store.claim(out, KEY, "w2", "job2:1", [a, b]) == [0, 0]
+
+
+def test_a_claim_whose_chunk_no_longer_runs_is_taken_over(store, tmp_path):
+    """A live worker's claims count only while it runs their chunk: claims left behind by a chunk that
+    ended without releasing them (Redis away at that moment) never keep other jobs off for good."""
+    out = tmp_path / "out"
+    a = Path("/v/a.mp4")
+    store.beat("w1", 60)
+    store.beat("w2", 60)
+    run(store, "w1", "job1:0")
+    assert store.claim(out, KEY, "w1", "job1:0", [a]) == [0]
+    assert store.claim(out, KEY, "w2", "job2:0", [a]) == [2]
+    store.leave("job1", 0)  # the chunk stopped; its claim stayed
+    assert store.claim(out, KEY, "w2", "job2:0", [a]) == [0]
+
+
+def test_a_duplicate_delivery_waits_for_the_live_one_and_a_deferred_chunk_is_anyones(store):
+    store.beat("w1", 60)
+    store.beat("w2", 60)
+    store.create("job", {"state": "queued", "chunks": 1})
+    assert store.start_chunk("job", 0, "w1", "h1", "q", ["job", 0]) == 1
+    assert store.start_chunk("job", 0, "w2", "h2", "q", ["job", 0]) == -3  # w1 runs it: w2 must not count it
+    assert store.redis.hget("captioner:job:{job}:deliveries", "0") == "1"
+    assert store.start_chunk("job", 0, "w1", "h1", "q", ["job", 0]) == 2  # its own worker (a retry)
+    store.defer("job", 0, "w1", time.time() + 60)  # waiting for its retry: whoever gets it runs it
+    assert store.start_chunk("job", 0, "w2", "h2", "q", ["job", 0]) == 3
+    store.redis.delete("captioner:alive:w2")
+    assert store.start_chunk("job", 0, "w1", "h1", "q", ["job", 0]) == 4  # w2 died: taken back
+
+
+def test_a_workers_own_unsettled_chunk_is_sent_again_after_the_grace(store):
+    store.beat("me", 60)
+    store.create("job", {"state": "queued", "chunks": 3})
+    for index in range(3):
+        store.start_chunk("job", index, "me", "h", "q", ["job", index])
+    store.defer("job", 2, "me", time.time() + 60)
+    # Chunk 0 runs here; chunk 1 ended without settling; chunk 2 waits for a retry not due yet.
+    assert [f for f, _ in store.orphans("me", {"job:0"}, grace_s=0)] == ["job:1"]
+    assert list(store.orphans("me", {"job:0"}, grace_s=0)) == []
+    store.redis.hset("captioner:running", "x:1", "not json")  # planted: dropped, not fatal
+    assert list(store.orphans("me", {"job:0"}, grace_s=0)) == [] and store.redis.hget("captioner:running", "x:1") is None
+
+
+def test_unfinished_jobs_are_known_until_finished(store):
+    job = uuid.uuid4().hex
+    store.create(job, {"state": "queued", "chunks": 1})
+    assert store.unfinished() == [job] and not store.complete(job)
+    store.start_chunk(job, 0, "w", "h", "q", [job, 0])
+    store.publish(job, 0, "h", 0.1, Path("/o"), KEY, [])
+    assert store.complete(job)
+    store.finish(job, "done")
+    assert store.unfinished() == []
 
 
 def test_publish_marks_done_counts_once_and_finishes_the_job(store, tmp_path):

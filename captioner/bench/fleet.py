@@ -1,5 +1,5 @@
-"""The processes and files of the service benchmark (`scale`): a redis-server of its own, worker
-processes, a job's worth of hard-linked clips, and waiting on a job or on workers.
+"""The processes and files of the service benchmarks (`scale`, `faults`) and the service tests: a
+redis-server of its own, worker processes, a job's worth of hard-linked clips, and waiting on a job or on workers.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import redis
 
+from captioner.bench.lifetime import die_with_parent
 from captioner.config import Settings
 
 CLI = [sys.executable, "-m", "captioner.cli"]
@@ -30,49 +31,100 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A redis-server of the benchmark's own (nothing else in it, so its memory is the job's)."""
+    """A redis-server of our own on a fixed port (nothing else in it, so its memory is the job's).
 
-    def __init__(self, folder: Path) -> None:
+    `aof`: persist every write to an append-only file, fsynced before the reply, so a SIGKILL and a
+    restart (`kill`, `start`) on the same port lose nothing; otherwise nothing is kept. Built
+    stopped: `start()` (which returns the server) starts it. The process dies with its starter
+    (`die_with_parent`).
+    """
+
+    def __init__(self, folder: Path, aof: bool = False) -> None:
+        self.folder = folder
+        self.aof = aof
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        folder.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(folder)],
-            stdout=(folder / "redis.log").open("w"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        self.proc: subprocess.Popen | None = None
         self.client = redis.Redis(port=self.port, decode_responses=True)
-        for _ in range(100):
+
+    def start(self, timeout: float = 60) -> RedisServer:
+        """Start the server (from its append-only file, if any) and wait until it answers."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        persist = ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else ["--appendonly", "no"]
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persist,
+             "--dir", str(self.folder)],
+            stdout=(self.folder / "redis.log").open("a"), stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=die_with_parent(),
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                self.client.ping()
-                break
+                self.client.ping()  # BusyLoadingError (still reading its file) is a ConnectionError too
+                return self
             except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server on port {self.port} did not start: see {self.folder}/redis.log")
                 time.sleep(0.1)
+
+    def running(self) -> bool:
+        """Whether the server process is up."""
+        return self.proc is not None and self.proc.poll() is None
 
     def used(self) -> int:
         """Bytes the server holds now."""
         return int(self.client.info("memory")["used_memory"])
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (with `aof`, what it acknowledged is on disk)."""
+        if self.running():
+            self.proc.kill()
+            self.proc.wait(30)
+
     def stop(self) -> None:
-        """Stop the server (its data is not kept)."""
-        self.proc.terminate()
-        self.proc.wait(30)
+        """Stop the server (SIGTERM: with `aof` it flushes its file and exits)."""
+        if self.running():
+            self.proc.terminate()
+            self.proc.wait(30)
 
 
 class WorkerProcesses:
-    """Worker processes (each its own process group), started with `command`."""
+    """Worker processes, each its own process group, dying with their starter (`die_with_parent`).
 
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
+    `drop_dac_override`: workers of root obey file modes, as a service user would (see `die_with_parent`).
+    """
+
+    def __init__(self, env: dict[str, str], logs: Path, drop_dac_override: bool = False) -> None:
         self.env, self.logs = env, logs
+        self.drop_dac_override = drop_dac_override
         self.procs: dict[str, subprocess.Popen] = {}
+        self.commands: dict[str, tuple[list[str], dict[str, str]]] = {}
         logs.mkdir(parents=True, exist_ok=True)
+
+    def log(self, name: str) -> Path:
+        """Worker `name`'s log file."""
+        return self.logs / f"{name.split('@')[0]}.log"
 
     def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
         """Start `command` as worker `name`, with `env` over the common environment; its log goes to `logs`."""
+        self.commands[name] = (command, env or {})
         self.procs[name] = subprocess.Popen(
             command, env=dict(self.env, **(env or {})), start_new_session=True,
-            stdout=(self.logs / f"{name.split('@')[0]}.log").open("a"), stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent(self.drop_dac_override),
+            stdout=self.log(name).open("a"), stderr=subprocess.STDOUT,
         )  # fmt: skip
+
+    def exited(self) -> dict[str, int]:
+        """Workers that exited by themselves (not `kill`ed), with their exit codes; forgotten here."""
+        gone = {name: proc.returncode for name, proc in self.procs.items() if proc.poll() is not None}
+        for name in gone:
+            del self.procs[name]
+        return gone
+
+    def restart(self, name: str) -> None:
+        """Start worker `name` again with its last command, as a supervisor would after a crash."""
+        command, env = self.commands[name]
+        self.start(name, command, env)
 
     def kill(self, name: str) -> None:
         """SIGKILL worker `name` and its process group, as a crash would."""
@@ -87,6 +139,11 @@ class WorkerProcesses:
         """Kill every worker still running."""
         for name in list(self.procs):
             self.kill(name)
+
+
+def queued(client: redis.Redis, queue: str = "captioner") -> int:
+    """Messages waiting in `queue`, over kombu's per-priority lists (NAME, NAME\x06\x16N)."""
+    return sum(client.llen(key) for key in [queue] + [f"{queue}\x06\x16{n}" for n in range(1, 10)])
 
 
 def wait_alive(client: redis.Redis, count: int, timeout: float = 300) -> None:

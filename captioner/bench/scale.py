@@ -33,6 +33,7 @@ from captioner.bench.fleet import (
 )
 from captioner.config import Settings
 from captioner.records import PARTS_DIR, read_output
+from captioner.sources import record_key
 
 
 def run_scale(
@@ -45,7 +46,7 @@ def run_scale(
     work.mkdir(parents=True, exist_ok=True)
     links_s = make_links(source_clip(work), work / "videos", videos)
     log(f"{videos:,} hard links ready ({links_s:.1f} s)")
-    server = RedisServer(work / "redis")
+    server = RedisServer(work / "redis").start()
     result: dict[str, Any] = {"videos": videos, "chunk_size": chunk, "stand_ins": _stand_in_names()}
     workers = WorkerProcesses(worker_env(settings, server.url, work, queue="scale"), work / "logs")
     try:
@@ -187,7 +188,7 @@ def _recovery(settings: Settings, store: Any, workers: WorkerProcesses, work: Pa
     final = wait_done(store, job, timeout=900)
     seconds = time.perf_counter() - killed
     records = read_output(out)
-    videos = {r["video"] for r in records}
+    videos = {record_key(r) for r in records}
     workers.stop()
     log(f"recovery: {len(held)} chunks of the killed worker done {seconds:.0f} s after the kill")
     return {
@@ -234,7 +235,7 @@ def _queue_runs(settings: Settings, work: Path, folder: Path, warm: Path, clips:
     """A real worker per chunk size (0: the default), warmed by a first job; the seconds of a job over `folder`."""
     from captioner.service import JobStore, chunks_in_flight, submit
 
-    server = RedisServer(work / "redis-real")
+    server = RedisServer(work / "redis-real").start()
     workers = WorkerProcesses(worker_env(settings, server.url, work, queue="real"), work / "logs")
     queue: dict[str, dict[str, Any]] = {}
     try:

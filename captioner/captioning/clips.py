@@ -18,6 +18,7 @@ from captioner.engine import Engine
 from captioner.frames import ClipFrames, FrameDecoder
 from captioner.planning import Plan
 from captioner.records import CaptionRecord, Provenance, RecordSink, caption_record, failed_record
+from captioner.sources import video_bytes
 
 OnRecord = Callable[[CaptionRecord], None]
 OnBatch = Callable[[int], None]
@@ -78,8 +79,12 @@ def caption_clips(
     """
     # The profile's batch counts requests (clips in flight in the engine): a clip is one per adapter.
     batch_size = max(1, plan.profile.batch_size // len(plan.adapters))
-    wanted = {str(video): adapters for video, adapters in (needs or {}).items()}
+    wanted = {video_bytes(video): adapters for video, adapters in (needs or {}).items()}
     made = {adapter: plan.made(adapter) for adapter in plan.adapters}
+
+    def adapters_of(video: Path | str) -> tuple[Adapter, ...]:
+        return wanted.get(video_bytes(video), plan.adapters)  # by exact path bytes, as `needs` was made
+
     ahead = DecodeAhead(videos, decoder, 2 * batch_size, slots)
 
     def finish(records: list[CaptionRecord]) -> list[CaptionRecord]:
@@ -100,15 +105,14 @@ def caption_clips(
         while ahead.busy:
             if ahead.in_flight:
                 for video, error in ahead.collect(block=len(ahead.ready) < at_least):
-                    adapters = wanted.get(str(video), plan.adapters)
-                    for record in finish([failed_record(made[a], video, error.reason) for a in adapters]):
+                    for record in finish([failed_record(made[a], video, error.reason) for a in adapters_of(video)]):
                         yield record, 0
                 ahead.top_up()
             batch = ahead.take(batch_size, at_least)
             if not batch:
                 continue
             on_batch(len(batch))
-            by_clip = caption_batch(engine, plan, batch, lambda video: wanted.get(video, plan.adapters), made, sampling)
+            by_clip = caption_batch(engine, plan, batch, adapters_of, made, sampling)
             for clip in batch:
                 for record in finish(by_clip.get(id(clip), [])):
                     yield record, shareable

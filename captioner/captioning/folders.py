@@ -18,18 +18,23 @@ from captioner.config import Settings
 from captioner.engine import Engine
 from captioner.planning import Plan, check_engine, engine_concurrency, load_engine, make_plan
 from captioner.records import CAPTIONS_FILE, RecordWriter, compact, ok_videos, read_output, write_summary
-from captioner.sources import Found, discover, video_id, wait_until_settled
+from captioner.sources import Found, discover, video_bytes, video_id, wait_until_settled
 
 log = logging.getLogger(__name__)
 
 
 def pending_work(videos: list[Path], out_dir: Path, plan: Plan) -> dict[Path, tuple[Adapter, ...]]:
-    """Each video still to caption, with the plan's adapters it has no `ok` record for in `out_dir` (read once)."""
+    """Each video still to caption, with the plan's adapters it has no `ok` record for in `out_dir` (read once).
+
+    A video is matched to its records by the exact bytes of its path (`sources.video_bytes`), so a
+    name that only shows like another's (`video_id`) is not taken as done by the other's record.
+    """
     records = read_output(out_dir)
     done = {adapter: ok_videos(records, plan.key_for(adapter)) for adapter in plan.adapters}
     work: dict[Path, tuple[Adapter, ...]] = {}
     for video in videos:
-        needed = tuple(adapter for adapter in plan.adapters if video_id(video) not in done[adapter])
+        identity = video_bytes(video)
+        needed = tuple(adapter for adapter in plan.adapters if identity not in done[adapter])
         if needed:
             work[video] = needed
     return work

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from captioner.cli.common import app, checked_settings, fail, settings_from, setup_logging, with_demo
+from captioner.cli.common import app, checked_settings, echo_json, fail, settings_from, setup_logging, show, with_demo
 
 
 @app.command()
@@ -78,8 +77,10 @@ def run(
     def on_record(record: Any) -> None:
         counts[record.status] += 1
         if record.status == "failed":
-            # Names and decoder texts may hold [brackets]: printed as text, never as markup.
-            progress.console.print(f"[yellow]failed[/] {escape(record.video)}: {escape(record.error or '')}")
+            # Names and decoder texts may hold [brackets]: printed as text, never as markup; and
+            # control characters (a terminal command in a file name): escaped.
+            reason = escape(show(record.error or ""))
+            progress.console.print(f"[yellow]failed[/] {escape(show(record.video))}: {reason}")
         progress.update(task, advance=1, **counts)
 
     try:
@@ -90,7 +91,7 @@ def run(
         fail(str(exc))
     finally:
         progress.stop()
-    typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
+    echo_json(summary, indent=2)
 
 
 @app.command("eval")
@@ -104,7 +105,7 @@ def eval_(
         None, help="Another captions.jsonl or output folder to compare with (the baseline)."
     ),
     threshold: float = typer.Option(0.05, help="Relative METEOR drop that counts as a regression."),
-    show: int = typer.Option(5, help="Worst and best clips shown with their frames."),
+    show_clips: int = typer.Option(5, "--show", help="Worst and best clips shown with their frames."),
     adapter: Optional[str] = typer.Option(
         None, help="Only the records of this adapter (its name in the records; 'none' = the base model)."
     ),
@@ -117,14 +118,17 @@ def eval_(
     Exit status: 0 ok, 1 regression against --against, 2 bad input.
     """
     from captioner.evaluation.command import run_eval
+    from captioner.evaluation.references import ReferenceLimits
     from captioner.evaluation.results import ANY_ADAPTER
 
     def pick(name: str | None) -> str | None:
         return ANY_ADAPTER if name is None else None if name.lower() == "none" else name
 
+    settings = checked_settings()  # CAPTIONER_REFERENCE_MAX_* or the config file
     code = run_eval(
-        captions, refs, out, against=against, regression_threshold=threshold, worst_best=show,
+        captions, refs, out, against=against, regression_threshold=threshold, worst_best=show_clips,
         adapter=pick(adapter), against_adapter=pick(against_adapter),
+        limits=ReferenceLimits(settings.reference_max_line_bytes, settings.reference_max_file_bytes),
     )  # fmt: skip
     raise typer.Exit(code)
 
@@ -154,21 +158,21 @@ def export_(
         fail(str(exc))
     if result.chosen is not None:
         typer.echo(
-            f"version: {result.chosen} [{result.versions[0]['version']}], "
-            f"that of the newest ok record ({result.chosen_at or 'no time'})",
+            f"version: {show(result.chosen)} [{result.versions[0]['version']}], "
+            f"that of the newest ok record ({show(result.chosen_at or 'no time')})",
             err=True,
         )
         if result.left_out:
             typer.echo(
                 f"left out: {len(result.left_out)} other version(s) "
-                f"({'; '.join(v['label'] for v in result.left_out)}); --all-versions exports them",
+                f"({show('; '.join(v['label'] for v in result.left_out))}); --all-versions exports them",
                 err=True,
             )
     if result.without_ok:
         typer.echo(
             f"{result.without_ok} video(s) have only failed records in the exported version(s): no row", err=True
         )
-    typer.echo(json.dumps(result.summary(), ensure_ascii=False))
+    echo_json(result.summary())
 
 
 @app.command("frames")
@@ -192,8 +196,8 @@ def frames_(
     Prints one JSON line per video on stdout; exit status 1 when a video has no frames.
     """
     from captioner.errors import ConfigError
-    from captioner.frames import FrameSpec
     from captioner.frames.save import save_frames
+    from captioner.planning import frame_spec_for
     from captioner.tiers import resolve_profile
 
     setup_logging(False)
@@ -202,15 +206,15 @@ def frames_(
     )
     try:
         count = settings.frames or resolve_profile(settings.tier, settings.profile).frames
-        spec = FrameSpec(count, frame_size or frame_size_of(settings), settings.keyframe_tolerance)
+        spec = frame_spec_for(settings, count, frame_size or frame_size_of(settings))
     except (ConfigError, ValueError) as exc:
         fail(str(exc))
     failed = 0
     for result in save_frames(videos, out, spec, settings.decode_timeout):
         if result.get("error"):
             failed += 1
-            typer.echo(f"failed {result['video']}: {result['error']}", err=True)
-        typer.echo(json.dumps(result, ensure_ascii=False))
+            typer.echo(f"failed {show(result['video'])}: {show(result['error'])}", err=True)
+        echo_json(result)
     raise typer.Exit(1 if failed else 0)
 
 

@@ -1,4 +1,9 @@
-"""What every `captioner` command shares: the Typer app, settings from flags, logging, errors."""
+"""What every `captioner` command shares: the Typer app, settings from flags, logging, errors.
+
+Console output shows outside text (file names, captions, error messages naming them) through
+`captioner.escaping`: `fail` and `show` escape control characters, `echo_json` prints JSON that
+is safe on a terminal, and every log record's values are escaped from the start of any command.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,34 @@ from typing import Any
 import typer
 
 from captioner.config import Settings
+from captioner.escaping import install_log_escaping, printable, printable_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Detailed Korean captions for video folders.")
 
 
+@app.callback()
+def before_any_command() -> None:
+    """Escape log records from the start of every command, also those that never call `setup_logging`."""
+    install_log_escaping()
+
+
 def fail(message: str, code: int = 2) -> None:
-    """Print `message` as an error on stderr and exit with `code` (2: bad input or setup)."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    """Print `message` as an error on stderr and exit with `code` (2: bad input or setup).
+
+    The message is one line: a line break or terminal command in a file name it quotes is escaped.
+    """
+    typer.secho(f"error: {printable(message)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def show(value: Any) -> str:
+    """Outside text (a path, a name, a decoder's message) for a console line: control characters escaped."""
+    return printable(str(value))
+
+
+def echo_json(value: Any, indent: int | None = None) -> None:
+    """Print `value` as JSON on stdout (Korean readable; every control character escaped, as JSON allows)."""
+    typer.echo(printable_json(value, indent=indent))
 
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -55,6 +80,7 @@ def setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("captioner").setLevel(logging.INFO)
+    install_log_escaping()  # also for a worker: Celery replaces the handlers set here, not the record factory
     if not verbose:
         # Repeated on every generate() call on CPU, and harmless. A filter, not a level: vLLM
         # reapplies its logging config when the engine loads, which resets its loggers' levels.
@@ -73,7 +99,7 @@ def write_and_show(out: Path, result: dict[str, Any], title: str, rows: list[tup
     for row in rows:
         summary.add_row(*row)
     Console().print(summary)
-    typer.echo(f"written: {out}", err=True)
+    typer.echo(f"written: {show(out)}", err=True)
 
 
 def with_demo(settings: Settings) -> Settings:

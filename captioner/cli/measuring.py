@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from captioner.cli.common import app, checked_settings, fail, settings_from, setup_logging, write_and_show
+from captioner.cli.common import (
+    app, checked_settings, echo_json, fail, settings_from, setup_logging, show, write_and_show,
+)  # fmt: skip
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -50,15 +52,28 @@ def bench(
 @app.command("bench-service")
 def bench_service(
     out: Path = typer.Option(..., "--out", "-o", help="JSON file for every figure and setting."),
-    videos: int = typer.Option(1_000_000, help="Videos in the stand-in job (hard links to one small clip)."),
-    chunk_size: int = typer.Option(1000, help="Videos per chunk of the stand-in job."),
+    videos: Optional[int] = typer.Option(
+        None, help="Videos in the stand-in job (hard links to one small clip); default 1,000,000, with --faults 2,000."
+    ),
+    chunk_size: Optional[int] = typer.Option(None, help="Videos per chunk of the stand-in job; default 1000, "
+                                             "with --faults 20."),
     real_clips: int = typer.Option(32, help="Clips for the real-engine comparison of the queue and `captioner run`."),
     work: Path = typer.Option(Path("bench-service-work"), help="Where links, outputs and logs go (reused)."),
     skip_scale: bool = typer.Option(False, help="Only the real-engine comparison."),
     skip_real: bool = typer.Option(False, help="Only the stand-in scale measurements."),
+    faults: bool = typer.Option(False, "--faults", help="Only the fault benchmark: one job while workers and Redis "
+                                "are killed, the output folder turns read-only or full, hostile messages arrive."),
+    workers: int = typer.Option(3, min=1, help="Stand-in workers of the fault benchmark."),
+    seconds_per_clip: float = typer.Option(0.3, min=0, help="Stand-in engine's seconds a clip (fault benchmark)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the fault moments (default: a random one, in the JSON)."),
+    fault_kinds: Optional[str] = typer.Option(
+        None, help="Comma-separated kinds to inject: worker_kill,redis_kill,read_only,disk_full,hostile (default all)."
+    ),
+    faults_per_kind: int = typer.Option(2, min=1, help="Faults of each kind (fault benchmark)."),
 ) -> None:
     """Measure the service at scale: a million-video job through real Redis and Celery workers
-    (stand-in engine and decoder, named in the output), and the queue path against `captioner run`."""
+    (stand-in engine and decoder, named in the output), and the queue path against `captioner run`;
+    or, with --faults, one job's end state after faults."""
     from rich.console import Console
 
     from captioner.bench.scale import queue_vs_run, run_scale, scale_table
@@ -68,12 +83,32 @@ def bench_service(
     console = Console(stderr=True)
     settings = settings_from(adapter="demo", tier="cpu")
     result: dict[str, Any] = {"cpu_count": os.cpu_count()}
+    if faults:
+        _bench_faults(out, settings, work, videos or 2000, chunk_size or 20, workers, seconds_per_clip, seed,
+                      fault_kinds, faults_per_kind, console)  # fmt: skip
+        return
     if not skip_scale:
-        result["scale"] = run_scale(settings, work, videos, chunk_size, log=console.log)
+        result["scale"] = run_scale(settings, work, videos or 1_000_000, chunk_size or 1000, log=console.log)
         write_atomic(out, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
     if not skip_real:
         result["real"] = queue_vs_run(settings, work, real_clips, [4, 0], log=console.log)
     write_and_show(out, result, "captioner bench-service", scale_table(result))
+
+
+def _bench_faults(out: Path, settings: Any, work: Path, videos: int, chunk: int, workers: int, seconds_per_clip: float,
+                  seed: int | None, kinds: str | None, per_kind: int, console: Any) -> None:
+    """`bench-service --faults`: the fault benchmark's JSON and table."""
+    from captioner.bench.fault_checks import fault_table
+    from captioner.bench.faults import KINDS, run_faults
+
+    chosen = [kind.strip() for kind in kinds.split(",") if kind.strip()] if kinds else list(KINDS)
+    unknown = sorted(set(chosen) - set(KINDS))
+    if unknown:
+        fail(f"--fault-kinds: unknown kind(s) {', '.join(unknown)}; choose from {','.join(KINDS)}")
+    result: dict[str, Any] = {"cpu_count": os.cpu_count()}
+    result.update(run_faults(settings, work / "faults", videos, chunk, workers, seconds_per_clip, seed, chosen,
+                             per_kind, log=console.log))  # fmt: skip
+    write_and_show(out, result, "captioner bench-service --faults", fault_table(result))
 
 
 @app.command("plan")
@@ -112,11 +147,11 @@ def plan_(
     except (ConfigError, SizingError, ValueError, OSError) as exc:
         fail(str(exc))
     if as_json:
-        typer.echo(json.dumps(_plan_json(source, shape, text_tokens, max_tokens, rows), ensure_ascii=False, indent=2))
+        echo_json(_plan_json(source, shape, text_tokens, max_tokens, rows), indent=2)
         return
     console = Console(width=max(Console().width, 150))  # the tier table is wide; let a pipe have it whole
     console.print(
-        f"model {source}: {shape.frame_tokens} tokens per frame, {text_tokens} prompt tokens besides the video, "
+        f"model {show(source)}: {shape.frame_tokens} tokens per frame, {text_tokens} prompt tokens besides the video, "
         f"{max_tokens} output tokens; KV cache {shape.layers} layers x {shape.kv_heads} KV heads x {shape.head_dim} "
         "head size",
         soft_wrap=True,
@@ -209,7 +244,7 @@ def _print_tier(console: Console, sized: SizedTier) -> None:
                       f"{row.max_num_seqs} ({row.limited_by})", str(row.batch_size))  # fmt: skip
     console.print(table)
     for warning in chosen.warnings:
-        console.print(f"[yellow]warning[/]: {warning}", soft_wrap=True)
+        console.print(f"[yellow]warning[/]: {show(warning)}", soft_wrap=True)
 
 
 def _memory_cell(profile: Any, sizing: Any) -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 
-from captioner.cli.common import app, fail, settings_from, setup_logging
+from captioner.cli.common import app, echo_json, fail, settings_from, setup_logging, show
 
 if TYPE_CHECKING:
     from captioner.training import TrainResult
@@ -65,7 +65,7 @@ def train_(
         bar.close()
         fail(str(exc))
     bar.close()
-    typer.echo(json.dumps(_train_summary(result), ensure_ascii=False, indent=2))
+    echo_json(_train_summary(result), indent=2)
 
 
 def _progress_bar() -> tuple[Any, Callable[[int, int, float], None]]:
@@ -109,7 +109,7 @@ def demo_model(
     setup_logging(False)
     base, adapter = build_demo_model(directory, seed=seed, train_adapter=train_adapter)
     built = json.loads((Path(directory) / DEMO_STAMP).read_text())
-    typer.echo(f"base model: {base}\nadapter:    {adapter} ({built['adapter']})")
+    typer.echo(f"base model: {show(base)}\nadapter:    {show(adapter)} ({show(built['adapter'])})")
     if built.get("heldout_meteor") is not None:
         typer.echo(f"held-out METEOR {built['heldout_meteor']:.4f}, trained in {built['train_seconds']:.0f} s")
 
@@ -151,7 +151,7 @@ def quantize_(
         )
     except QuantizeError as exc:
         fail(str(exc))
-    typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+    echo_json(result.to_dict(), indent=2)
 
 
 # --- the service: worker, submit, status, cancel, beat (README "Running as a service") ---------------

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from captioner.cli.common import app, checked_settings, fail, job_store, setup_logging
+from captioner.cli.common import app, checked_settings, echo_json, fail, job_store, setup_logging
 
 
 @app.command()
@@ -89,7 +88,7 @@ def submit(
             )
 
         final = wait_job(job_store(settings, patient=True), job_id, poll_s=2.0, on_poll=progress)
-        typer.echo(json.dumps(final, ensure_ascii=False, indent=2))
+        echo_json(final, indent=2)
         raise typer.Exit(0 if final["state"] == "done" else 1)
 
 
@@ -102,7 +101,7 @@ def status(job_id: str = typer.Argument(..., help="Job id printed by `captioner 
         current = job_status(job_store(checked_settings()), job_id)
     except JobNotFound as exc:
         fail(str(exc))
-    typer.echo(json.dumps(current, ensure_ascii=False, indent=2))
+    echo_json(current, indent=2)
 
 
 @app.command()
@@ -114,7 +113,7 @@ def cancel(job_id: str = typer.Argument(..., help="Job id printed by `captioner 
         current = cancel_job(job_store(checked_settings()), job_id)
     except JobNotFound as exc:
         fail(str(exc))
-    typer.echo(json.dumps(current, ensure_ascii=False, indent=2))
+    echo_json(current, indent=2)
 
 
 @app.command()

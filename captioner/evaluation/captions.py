@@ -11,7 +11,10 @@ another tool), and so is a file that starts with a byte-order mark.
 Record selection: the records may hold several per video (a failed try and a later success, or
 several model / adapter / prompt versions). The *last* record per video stem is evaluated (oldest
 first: by ``created_at`` across files, file order within a second); every version seen, and the
-versions of the records that were evaluated, are counted so the report can list them.
+versions of the records that were evaluated, are counted so the report can list them. References
+name videos by stem, so different videos sharing a stem are one clip here, and a warning names
+them; videos are told apart by the exact bytes of their paths (`captioner.sources.record_key`), so
+a non-UTF-8 name shown as ``\\xff`` and a name spelling those four characters are two videos.
 
 A record's own ``text_flags`` are used; records written before that field existed get theirs
 computed here from the caption, by the same function (`captioner.textcheck.record_flags`).
@@ -28,7 +31,7 @@ from captioner.evaluation.references import InputError, name_stem
 from captioner.evaluation.results import ANY_ADAPTER, CaptionSet, EvaluatedClip
 from captioner.records import CAPTIONS_FILE, PARTS_DIR, VersionKey, output_folder
 from captioner.records.folder import Line, located_lines, target_files
-from captioner.sources import record_path, video_id
+from captioner.sources import record_key, record_path, video_id
 from captioner.textcheck import record_flags
 
 
@@ -64,9 +67,11 @@ def record_problem(rec: dict[str, Any], where: str) -> str | None:
     if flags is not None and not (isinstance(flags, list) and all(isinstance(f, str) for f in flags)):
         return f'{where}: "text_flags" must be a list of strings'
     try:
-        record_path(rec)
-    except (TypeError, ValueError):  # binascii.Error is a ValueError
-        return f'{where}: "video_raw" must be the base64 of the path\'s bytes'
+        record_key(rec)  # also what `records.read_output` requires of a record
+    except (TypeError, ValueError):  # binascii.Error and UnicodeEncodeError are ValueErrors
+        if rec.get("video_raw") is not None:
+            return f'{where}: "video_raw" must be the base64 of the path\'s bytes'
+        return f'{where}: "video" is not a file path (characters no file name holds)'
     return None
 
 
@@ -126,6 +131,11 @@ def _evaluated_clip(line: Line, stem: str, version: str) -> EvaluatedClip:
     )
 
 
+def _shown(rec: dict[str, Any]) -> str:
+    """A record's video as a warning names it: its `video` text, marked when that only shows the name."""
+    return rec["video"] + (" (name bytes not UTF-8)" if rec.get("video_raw") else "")
+
+
 def load_captions(target: Path, adapter: str | None = ANY_ADAPTER) -> CaptionSet:
     """Read the caption records of an output folder or captions file; the last record per video stem wins.
 
@@ -137,19 +147,20 @@ def load_captions(target: Path, adapter: str | None = ANY_ADAPTER) -> CaptionSet
     lines = _of_adapter(target, read_caption_records(target), adapter)
     names = version_names([VersionKey.of(line.record) for line in lines])
     clips: dict[str, EvaluatedClip] = {}
-    paths_seen: dict[str, set[str]] = {}
+    # Per stem, the videos seen (by exact path bytes: two names that show alike are two videos).
+    paths_seen: dict[str, dict[bytes, str]] = {}
     versions: Counter = Counter()
     for line in lines:
         # The stem of the real file name: a name shown with \\xNN escapes must not split at them.
         stem = name_stem(video_id(record_path(line.record).name))
         version = names[VersionKey.of(line.record)]
         versions[version] += 1
-        paths_seen.setdefault(stem, set()).add(line.record["video"])
+        paths_seen.setdefault(stem, {})[record_key(line.record)] = _shown(line.record)
         clips[stem] = _evaluated_clip(line, stem, version)
     if not clips:
         raise InputError([f"{target}: no caption records"])
     warnings = [
-        f"{target}: {len(p)} different videos share the name {stem!r} ({', '.join(sorted(p)[:3])}); "
+        f"{target}: {len(p)} different videos share the name {stem!r} ({', '.join(sorted(p.values())[:3])}); "
         "videos are matched by file name, so only the last record is evaluated"
         for stem, p in sorted(paths_seen.items())
         if len(p) > 1

@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from captioner.escaping import printable, spreadsheet_csv
 from captioner.evaluation.captions import load_captions
 from captioner.evaluation.morphemes import get_tokenizer
-from captioner.evaluation.references import InputError, ReferenceSet, load_references
+from captioner.evaluation.references import InputError, ReferenceLimits, ReferenceSet, load_references
 from captioner.evaluation.report import render_report
 from captioner.evaluation.results import ANY_ADAPTER, CaptionSet, Evaluation
 from captioner.evaluation.scoring import compare_to_baseline, metric_config, score_captions
@@ -102,16 +103,17 @@ def evaluate(
     regression_threshold: float = 0.05,
     adapter: str | None = ANY_ADAPTER,
     against_adapter: str | None = ANY_ADAPTER,
+    limits: ReferenceLimits | None = None,
 ) -> Evaluation:
     """Read the inputs and compute every score (no files written).
 
     `adapter` / `against_adapter` select one adapter's records of each (see `load_captions`): one
     run captioned with several adapters compares them with `against` = `captions`. Raises
     :class:`InputError` for unusable input, including a captions file that has no video in common
-    with the references.
+    with the references, and references over `limits` (see `load_references`).
     """
     t0 = time.perf_counter()
-    reference_set = load_references(Path(refs))
+    reference_set = load_references(Path(refs), limits)
     caption_set = load_captions(Path(captions), adapter)
     baseline_set = load_captions(Path(against), against_adapter) if against is not None else None
     for cs in filter(None, (caption_set, baseline_set)):
@@ -142,7 +144,8 @@ def write_outputs(ev: Evaluation, out_dir: Path, worst_best: int = 5) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    ev.per_video_table().to_csv(out_dir / "per_video.csv", index=False, encoding="utf-8")
+    # Captions and video names are outside text: a cell starting with "=" must not run in a spreadsheet.
+    (out_dir / "per_video.csv").write_text(spreadsheet_csv(ev.per_video_table()), encoding="utf-8", newline="")
     render_report(ev, out_dir / "report.html", worst_best=worst_best)
     ev.timing["report"] = time.perf_counter() - t0
     doc = metrics_document(ev)
@@ -171,8 +174,8 @@ def print_summary(ev: Evaluation, out_dir: Path) -> None:
     logged = set(ev.references.text_warnings)  # load_references logged these already
     for warning in ev.references.warnings + s["warnings"]:
         if warning not in logged:
-            print(f"warning: {warning}", file=sys.stderr)
-    print(f"report: {Path(out_dir) / 'report.html'}")
+            print(f"warning: {printable(warning)}", file=sys.stderr)
+    print(f"report: {printable(str(Path(out_dir) / 'report.html'))}")
 
 
 def gate(ev: Evaluation, captions: Path, regression_threshold: float) -> int:
@@ -182,7 +185,7 @@ def gate(ev: Evaluation, captions: Path, regression_threshold: float) -> int:
     baseline found a regression; else 0.
     """
     if ev.run.summary["counts"]["scored"] == 0:
-        print(f"error: no referenced clip in {captions} has a caption to score", file=sys.stderr)
+        print(f"error: no referenced clip in {printable(str(captions))} has a caption to score", file=sys.stderr)
         return EXIT_BAD_INPUT
     if ev.comparison is None:
         return EXIT_OK
@@ -191,7 +194,7 @@ def gate(ev: Evaluation, captions: Path, regression_threshold: float) -> int:
         print("error: no clip was scored in both runs; cannot compare", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(
-        f"against {cmp['baseline']}: METEOR {cmp['meteor_run']:.4f} vs {cmp['meteor_baseline']:.4f} "
+        f"against {printable(str(cmp['baseline']))}: METEOR {cmp['meteor_run']:.4f} vs {cmp['meteor_baseline']:.4f} "
         f"on {cmp['paired_clips']} paired clips ({cmp['meteor_relative_change']:+.1%})"
     )
     if cmp["regression"]:
@@ -210,14 +213,16 @@ def run_eval(
     worst_best: int = 5,
     adapter: str | None = ANY_ADAPTER,
     against_adapter: str | None = ANY_ADAPTER,
+    limits: ReferenceLimits | None = None,
 ) -> int:
     """Evaluate ``captions`` against ``refs``, write the report, return the exit code.
 
     0: evaluated, no regression; 1: METEOR dropped by more than ``regression_threshold``
-    (relative) against ``against``; 2: bad input, nothing or not enough evaluated.
+    (relative) against ``against``; 2: bad input, nothing or not enough evaluated. ``limits``: how
+    large references may be (default: the settings' defaults).
     """
     try:
-        ev = evaluate(captions, refs, against, regression_threshold, adapter, against_adapter)
+        ev = evaluate(captions, refs, against, regression_threshold, adapter, against_adapter, limits)
     except InputError as exc:
         print(f"error: cannot evaluate:\n{exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -14,6 +14,12 @@ Videos are keyed by their file name stem, NFC-normalised. Every problem found is
 collected with its file and line, and all of them are raised together in one
 :class:`InputError`, so a user can fix a file in one pass.
 
+Sizes are checked before memory is spent (:class:`ReferenceLimits`, settings
+``reference_max_line_bytes`` and ``reference_max_file_bytes``): a reference caption is 0.1-2 KB,
+so a JSONL line, a CSV line or field, or an AI-Hub label file over the line limit (1 MiB) is a
+problem of its own line, read past in bounded pieces; a file (or a label folder) over the file
+limit (1 GiB) is refused before it is read.
+
 A reference whose text looks damaged (U+FFFD, or mojibake such as a UTF-8 file saved
 again by a tool that read it as CP949: see :mod:`captioner.textcheck`) is kept and
 scored, with a warning naming its file, line and video: it only lowers the scores of
@@ -28,9 +34,11 @@ import logging
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator, TextIO
 
+from captioner.config import REFERENCE_MAX_FILE_BYTES, REFERENCE_MAX_LINE_BYTES
 from captioner.errors import CaptionerError
+from captioner.escaping import printable
 from captioner.evaluation.morphemes import normalize_text
 from captioner.records import json_objects
 from captioner.textcheck import MOJIBAKE, REPLACEMENT_CHAR, mojibake_encoding, text_flags
@@ -45,10 +53,37 @@ class InputError(CaptionerError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        shown = problems[:MAX_LISTED_PROBLEMS]
+        # One line per problem: a file name's control characters are escaped, never a line break or
+        # a terminal command (see `captioner.escaping`).
+        shown = [printable(problem) for problem in problems[:MAX_LISTED_PROBLEMS]]
         more = len(problems) - len(shown)
         text = "\n".join(shown) + (f"\n... and {more} more problems" if more > 0 else "")
         super().__init__(text)
+
+
+@dataclass(frozen=True)
+class ReferenceLimits:
+    """How large references may be; the defaults are the settings' (`captioner.config`)."""
+
+    line_bytes: int = REFERENCE_MAX_LINE_BYTES  # a JSONL line, a CSV line or field, an AI-Hub label file
+    file_bytes: int = REFERENCE_MAX_FILE_BYTES  # a JSONL or CSV file, all label files of a folder together
+
+    def line_problem(self, where: str, what: str, size: int | None) -> str:
+        """The problem of one line, field or label file over `line_bytes` (`size` None: not measured)."""
+        measured = f" of {size:,} bytes," if size is not None else ""
+        return (
+            f"{where}: {what}{measured} over the limit of {self.line_bytes:,} bytes (setting "
+            "reference_max_line_bytes, CAPTIONER_REFERENCE_MAX_LINE_BYTES); a reference caption is a few KB"
+        )
+
+    def file_problem(self, path: Path, size: int, what: str = "references file") -> str | None:
+        """The problem of a file (or label folder) of `size` bytes over `file_bytes`, or None."""
+        if size <= self.file_bytes:
+            return None
+        return (
+            f"{path}: {what} of {size:,} bytes, over the limit of {self.file_bytes:,} bytes "
+            "(setting reference_max_file_bytes, CAPTIONER_REFERENCE_MAX_FILE_BYTES)"
+        )
 
 
 def video_stem(video: str) -> str:
@@ -105,20 +140,23 @@ class ReferenceSet:
         return {flag: sum(flag in f.flags for f in self.flagged) for flag in (REPLACEMENT_CHAR, MOJIBAKE)}
 
 
-def load_references(path: Path) -> ReferenceSet:
+def load_references(path: Path, limits: ReferenceLimits | None = None) -> ReferenceSet:
     """Read references from a JSONL file, a CSV file or a folder of AI-Hub labels.
 
-    Raises :class:`InputError` naming the file and line of every malformed entry.
+    Raises :class:`InputError` naming the file and line of every malformed entry, and of every
+    line, field or file over `limits` (default: `ReferenceLimits()`).
     """
-    path = Path(path)
+    path, limits = Path(path), limits or ReferenceLimits()
     if path.is_dir():
-        kind, entries, problems = "aihub", *_read_aihub(path)
+        kind, entries, problems = "aihub", *_read_aihub(path, limits)
     elif not path.exists():
         raise InputError([f"{path}: references not found"])
+    elif too_large := limits.file_problem(path, path.stat().st_size):
+        raise InputError([too_large])
     elif path.suffix.lower() == ".csv":
-        kind, entries, problems = "csv", *_read_csv(path)
+        kind, entries, problems = "csv", *_read_csv(path, limits)
     else:
-        kind, entries, problems = "jsonl", *_read_jsonl(path)
+        kind, entries, problems = "jsonl", *_read_jsonl(path, limits)
     if problems:
         raise InputError(problems)
     refs = ReferenceSet(path=path, kind=kind, clips={})
@@ -198,14 +236,10 @@ def _category(value: Any) -> str | None:
     return normalize_text(str(value))
 
 
-def _read_jsonl(path: Path) -> tuple[list[Entry], list[str]]:
+def _read_jsonl(path: Path, limits: ReferenceLimits) -> tuple[list[Entry], list[str]]:
     entries: list[Entry] = []
     problems: list[str] = []
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as exc:
-        return [], [f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"]
-    for _lineno, where, obj, problem in json_objects(lines, path):
+    for _lineno, where, obj, problem in json_objects(_jsonl_lines(path, limits, problems), path):
         if obj is None:
             problems.append(problem)
             continue
@@ -227,17 +261,60 @@ def _read_jsonl(path: Path) -> tuple[list[Entry], list[str]]:
     return entries, problems
 
 
-def _read_csv(path: Path) -> tuple[list[Entry], list[str]]:
+SKIP_BYTES = 1 << 20  # read at a time past a line over the limit: memory stays bounded
+
+
+def _jsonl_lines(path: Path, limits: ReferenceLimits, problems: list[str]) -> Iterator[str]:
+    """The lines of a JSONL file as text, each read with a bounded readline.
+
+    A line over the limit is read past and given as a blank line, so the numbering holds; its
+    problem goes to `problems`, as does a line that is not UTF-8, which ends the reading. Lines
+    end at "\\n" only: a JSON string may hold U+2028, where str.splitlines would split.
+    """
+    with path.open("rb") as fh:
+        number = 0
+        while data := fh.readline(limits.line_bytes + 1):
+            number += 1
+            if len(data) > limits.line_bytes and not data.endswith(b"\n"):
+                problems.append(limits.line_problem(f"{path}:{number}", "a line", len(data) + _skip_line(fh)))
+                yield ""
+                continue
+            try:
+                yield data.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append(
+                    f"{path}:{number}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line); save it as UTF-8"
+                )
+                return
+
+
+def _skip_line(fh: BinaryIO) -> int:
+    """Read past the rest of the current line; its bytes, without the line end."""
+    skipped = 0
+    while data := fh.readline(SKIP_BYTES):
+        if data.endswith(b"\n"):
+            return skipped + len(data) - 1
+        skipped += len(data)
+    return skipped
+
+
+class _TooLarge(Exception):
+    """A CSV line over the limit: the reading stops there (the message is the problem)."""
+
+
+def _read_csv(path: Path, limits: ReferenceLimits) -> tuple[list[Entry], list[str]]:
     # csv.reader (not pandas) because its line_num gives true file line numbers, also
     # when a quoted reference spans several lines or blank lines separate rows.
     entries: list[Entry] = []
     problems: list[str] = []
-    line = 0
+    line = 1
+    # The csv module's field limit is one for the whole process (131,072 characters by default):
+    # it is the line limit for this read, and is put back after.
+    saved_limit = csv.field_size_limit(limits.line_bytes)
     try:
         with path.open(encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, [])
-            columns = {name.strip().lower(): i for i, name in enumerate(header)}
+            reader = csv.reader(_csv_lines(fh, path, limits))
+            columns = _csv_columns(next(reader, []))
             missing = [c for c in ("video", "reference") if c not in columns]
             if missing:
                 found = ", ".join(columns) or "none"
@@ -245,18 +322,59 @@ def _read_csv(path: Path) -> tuple[list[Entry], list[str]]:
             line = reader.line_num + 1
             for row in reader:
                 where, line = f"{path}:{line}", reader.line_num + 1
-                if not any(cell.strip() for cell in row):
-                    continue
-                video, text = _cell(row, columns, "video"), _cell(row, columns, "reference")
-                if not video or not text:
-                    problems.append(f"{where}: empty {'video' if not video else 'reference'}")
-                    continue
-                entries.append((video, [text], _category(_cell(row, columns, "category")), where))
+                if problem := _row_problem(row, columns, limits, where):
+                    problems.append(problem)
+                elif any(cell.strip() for cell in row):
+                    video, text = _cell(row, columns, "video"), _cell(row, columns, "reference")
+                    entries.append((video, [text], _category(_cell(row, columns, "category")), where))
     except UnicodeDecodeError as exc:
         return [], [f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"]
+    except _TooLarge as exc:
+        return [], [*problems, str(exc)]
     except csv.Error as exc:
-        return [], [f"{path}:{line}: malformed CSV ({exc})"]
+        if "field limit" in str(exc):  # "field larger than field limit (N)": the row where it began
+            return [], [*problems, limits.line_problem(f"{path}:{line}", "a field", None)]
+        return [], [*problems, f"{path}:{line}: malformed CSV ({exc})"]
+    finally:
+        csv.field_size_limit(saved_limit)
     return entries, problems
+
+
+def _csv_lines(fh: TextIO, path: Path, limits: ReferenceLimits) -> Iterator[str]:
+    """The physical lines of a CSV file opened with newline="", each read with a bounded readline.
+
+    Raises `_TooLarge` at a line over the limit (a quoted field's line ends may be inside it, so
+    the reading cannot go on past it).
+    """
+    number = 0
+    while line := fh.readline(limits.line_bytes + 1):
+        number += 1
+        content = line.rstrip("\r\n")
+        if len(content) > limits.line_bytes:  # cut by the readline: its size is not known
+            raise _TooLarge(limits.line_problem(f"{path}:{number}", "a line", None))
+        if _over(content, limits.line_bytes):
+            raise _TooLarge(limits.line_problem(f"{path}:{number}", "a line", len(content.encode("utf-8"))))
+        yield line
+
+
+def _over(text: str, limit: int) -> bool:
+    """Whether `text` is over `limit` bytes as UTF-8 (encoded only when its length leaves a doubt)."""
+    return len(text) * 4 > limit and len(text.encode("utf-8")) > limit
+
+
+def _csv_columns(header: list[str]) -> dict[str, int]:
+    """Column name (stripped, lower case) -> index."""
+    return {name.strip().lower(): i for i, name in enumerate(header)}
+
+
+def _row_problem(row: list[str], columns: dict[str, int], limits: ReferenceLimits, where: str) -> str | None:
+    """What is wrong with a CSV row (a blank row is not wrong), or None."""
+    if any(_over(cell, limits.line_bytes) for cell in row):  # a quoted field over several lines
+        return limits.line_problem(where, "a field", max(len(cell.encode("utf-8")) for cell in row))
+    if not any(cell.strip() for cell in row):
+        return None
+    video, text = _cell(row, columns, "video"), _cell(row, columns, "reference")
+    return None if video and text else f"{where}: empty {'video' if not video else 'reference'}"
 
 
 def _cell(row: list[str], columns: dict[str, int], name: str) -> str:
@@ -265,13 +383,19 @@ def _cell(row: list[str], columns: dict[str, int], name: str) -> str:
     return row[i].strip() if i is not None and i < len(row) else ""
 
 
-def _read_aihub(folder: Path) -> tuple[list[Entry], list[str]]:
+def _read_aihub(folder: Path, limits: ReferenceLimits) -> tuple[list[Entry], list[str]]:
     entries: list[Entry] = []
     problems: list[str] = []
     files = sorted(folder.rglob("*.json"))
     if not files:
         return [], [f"{folder}: no *.json label files in this folder"]
+    sizes = {file: file.stat().st_size for file in files}
+    if too_large := limits.file_problem(folder, sum(sizes.values()), "label files"):
+        return [], [too_large]
     for file in files:
+        if sizes[file] > limits.line_bytes:  # one label is one caption: never read a huge one
+            problems.append(limits.line_problem(str(file), "a label file", sizes[file]))
+            continue
         try:
             label = json.loads(file.read_text(encoding="utf-8-sig"))
         except UnicodeDecodeError as exc:

@@ -10,18 +10,32 @@ from typing import Any
 import numpy as np
 
 from captioner.frames.choose import DEFAULT_TOLERANCE, choose_frames, decode_size
-from captioner.frames.errors import FrameError, explain
+from captioner.frames.errors import OUT_OF_MEMORY, FrameError, explain
 from captioner.frames.probe import VideoInfo, probe
 from captioner.frames.readers import Decoded, read_decord, read_keyframes, read_pyav
 
 
+# What one clip may cost, decided from its probe before anything is decoded. `Settings` carries the
+# same defaults as CAPTIONER_* settings (tests/test_frame_bounds.py checks that they agree).
+MAX_DISPLAY_PIXELS = 7680 * 4320  # 8K UHD
+MAX_ASPECT = 10.0  # long side / short side: 32:9 panoramas (3.6) pass, a 255:1 sample aspect does not
+MAX_FRAMES = 64  # twice the largest tier's 32
+# Address space (MiB) a decoder process may take beyond what it holds once its libraries are loaded
+# (frames/pool.py): 32 frames at the model's size of a 1080p or an 8K clip took at most 240 MB of it.
+DECODER_MEMORY_MB = 4096
+
+
 @dataclass(frozen=True)
 class FrameSpec:
-    """What to take from every clip: how many frames, the short side, the keyframe tolerance."""
+    """What to take from every clip (how many frames, the short side, the keyframe tolerance), and its caps."""
 
     num_frames: int
     short_side: int | None = None
     tolerance: float = DEFAULT_TOLERANCE  # of a segment; 0 = exact frames
+    max_display_pixels: int = MAX_DISPLAY_PIXELS  # per frame as shown, or as coded if that is larger
+    max_aspect: float = MAX_ASPECT
+    max_frames: int = MAX_FRAMES
+    decoder_memory_mb: int = DECODER_MEMORY_MB  # 0 = no limit
 
 
 @dataclass(frozen=True)
@@ -58,10 +72,19 @@ def decode_clip(path: Path, spec: FrameSpec) -> ClipFrames:
     """
     started, cpu_started = time.perf_counter(), time.process_time()
     path = Path(path)
-    info = probe(path)
-    pick = choose_frames(info.times, info.keyframe, spec.num_frames, spec.tolerance, info.frame_s)
-    notes = list(info.notes)
-    decoded = _decode(path, info, pick.indices, spec.short_side, notes)
+    if spec.num_frames > spec.max_frames:
+        raise FrameError(
+            path,
+            f"{spec.num_frames} frames per clip asked for, above the limit {spec.max_frames} (CAPTIONER_MAX_FRAMES)",
+        )
+    try:
+        info = probe(path)
+        check_caps(path, info, spec)
+        pick = choose_frames(info.times, info.keyframe, spec.num_frames, spec.tolerance, info.frame_s)
+        notes = list(info.notes)
+        decoded = _decode(path, info, pick.indices, spec.short_side, notes)
+    except MemoryError:  # Python's, or PyAV's ENOMEM (a MemoryError too): the pool names its limit
+        raise FrameError(path, OUT_OF_MEMORY) from None
     display = info.display_size(decoded.rotation)
     size = decode_size(*display, spec.short_side)
     if decoded.frames.shape != (spec.num_frames, size[1], size[0], 3):
@@ -82,6 +105,31 @@ def decode_clip(path: Path, spec: FrameSpec) -> ClipFrames:
     )
 
 
+def check_caps(path: Path, info: VideoInfo, spec: FrameSpec) -> None:
+    """Raise `FrameError` for a clip whose frames would be too large or too oddly shaped to decode.
+
+    Rotation turns the picture but keeps its pixel count and aspect, so the unrotated display size
+    serves. Decoders allocate the coded picture, so that counts too when it is the larger.
+    """
+    width, height = info.display_size(0)
+    aspect = max(width, height) / min(width, height)
+    if aspect > spec.max_aspect:
+        coded = f"{info.coded_size[0]}x{info.coded_size[1]}"
+        shape = f" (coded {coded}, sample aspect {info.sar.numerator}:{info.sar.denominator})" if info.sar != 1 else ""
+        raise FrameError(
+            path,
+            f"display size {width}x{height}{shape} has aspect {aspect:.1f}:1, above the limit "
+            f"{spec.max_aspect:g}:1 (CAPTIONER_MAX_ASPECT)",
+        )
+    for name, (w, h) in (("display size", (width, height)), ("coded size", info.coded_size)):
+        if w * h > spec.max_display_pixels:
+            raise FrameError(
+                path,
+                f"{name} {w}x{h} is {w * h:,} pixels a frame, above the limit {spec.max_display_pixels:,} "
+                "(CAPTIONER_MAX_DISPLAY_PIXELS)",
+            )
+
+
 def _decode(path: Path, info: VideoInfo, indices: list[int], short_side: int | None, notes: list[str]) -> Decoded:
     """The cheapest readers for the chosen frames; PyAV for all of them where one fails (the note says why).
 
@@ -99,11 +147,13 @@ def _decode(path: Path, info: VideoInfo, indices: list[int], short_side: int | N
             return _keyframes_then_decord(path, info, indices, keys, rest, short_side)
         except _DecordFailed as exc:
             notes.append(f"codec {info.codec}: decoded with PyAV (decord: {exc})")
+        except MemoryError:
+            raise
         except Exception:  # noqa: BLE001 - a keyframe seek that misses (no index): PyAV reads it through
             pass
     try:
         return read_pyav(path, info, indices, short_side)
-    except FrameError:
+    except (FrameError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - whatever FFmpeg says, the record needs the reason
         raise FrameError(path, explain(str(exc))) from None
@@ -127,6 +177,8 @@ def _keyframes_then_decord(
     if rest:
         try:
             decoded = read_decord(path, info, rest, short_side, rotation)  # the rotation found saves a decode
+        except MemoryError:
+            raise
         except Exception as exc:  # noqa: BLE001 - decord raises DECORDError/RuntimeError with C++ traces
             raise _DecordFailed(exc.reason if isinstance(exc, FrameError) else explain(str(exc))) from None
         pictures.update(zip(rest, decoded.frames))

@@ -20,6 +20,10 @@ class FrameError(CaptionerError):
         return (FrameError, (self.path, self.reason))
 
 
+# The reason given for an allocation that failed (FFmpeg's ENOMEM, decord's bad_alloc, Python's
+# MemoryError): the decoder pool adds the address-space limit it set, the likely cause.
+OUT_OF_MEMORY = "decoder ran out of memory"
+
 # FFmpeg's and decord's own words, and what they mean for a file someone copied off a camera.
 _EXPLAINED = [
     (
@@ -31,6 +35,7 @@ _EXPLAINED = [
     (r"wanted index: -1|cannot find video stream", "no video stream decord can decode"),
     (r"broken metadata|Failed to measure duration", "the container does not state its length"),
     (r"Permission denied", "file is not readable (permission denied)"),
+    (r"Cannot allocate memory|bad_alloc|out of memory", OUT_OF_MEMORY),
 ]
 
 

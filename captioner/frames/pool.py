@@ -4,18 +4,25 @@ decord can hang for ever (holding the GIL) or crash on a damaged container, and 
 grows over long runs. So decoding never runs in the caller's process: `FrameDecoder` keeps a
 small pool of spawned worker processes, kills the one whose clip exceeds the timeout, and
 recycles every worker after a fixed number of clips.
+
+The timeout bounds time; an address-space limit (`FrameSpec.decoder_memory_mb`) bounds memory, so
+a clip that makes a decoder allocate without end fails alone instead of taking the machine's
+memory from the engine.
 """
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
+import resource
+import signal
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable
 
 from captioner.frames.decode import ClipFrames, FrameSpec, decode_clip
-from captioner.frames.errors import FrameError
+from captioner.frames.errors import OUT_OF_MEMORY, FrameError
 
 
 class FrameDecoder:
@@ -45,13 +52,15 @@ class FrameDecoder:
             max_workers=workers,
             max_tasks=max_tasks_per_worker,
             context=multiprocessing.get_context("spawn"),
+            initializer=limit_address_space,
+            initargs=(spec.decoder_memory_mb,),
         )
 
     def submit(self, path: Path | str) -> Future[ClipFrames]:
         """Start decoding `path`; the result arrives in the returned future."""
-        inner = self._pool.submit(self._decode, self.timeout, Path(path), self.spec)
+        inner = self._pool.submit(run_decode, self.timeout, self._decode, Path(path), self.spec)
         outer: Future[ClipFrames] = Future()
-        inner.add_done_callback(lambda f: _translate(f, outer, str(path), self.timeout))
+        inner.add_done_callback(lambda f: _translate(f, outer, str(path), self.timeout, self.spec.decoder_memory_mb))
         return outer
 
     def close(self) -> None:
@@ -66,7 +75,131 @@ class FrameDecoder:
         self.close()
 
 
-def _translate(inner: Future, outer: Future, path: str, timeout: float) -> None:
+def limit_address_space(megabytes: int) -> None:
+    """Pool initializer: let this decoder process grow by at most `megabytes` MiB of address space.
+
+    The limit is set on top of the size the process has once the decoders are loaded, because that
+    size depends on the machine, not the clip: each core adds an OpenBLAS thread (about 40 MB of
+    stack and buffer reserved), and PyAV and decord map about 180 MB of libraries. Measured on 2
+    cores: 333 MB loaded (VmSize); 32 frames at the model's size (336) then peak at 420-450 MB for
+    1080p H.264 through decord and 570 MB for 8K through PyAV (VmPeak). 0 = no limit.
+    """
+    if megabytes <= 0:
+        return
+    _one_malloc_arena()
+    try:  # loaded before the limit is measured, so they do not count against a clip
+        import av  # noqa: F401
+        import decord  # noqa: F401
+    except ImportError:
+        pass  # the clip's decode reports it
+
+    loaded = _status_kb("VmSize") * 1024
+    if not loaded:  # no /proc to measure from: a limit without the loaded size would fail every clip
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = loaded + megabytes * 2**20
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _one_malloc_arena() -> None:
+    """Let every thread of this process allocate from glibc's main heap (no effect with another libc).
+
+    Each thread that allocates otherwise gets its own arena, 64 MB of address space reserved at
+    once: decord's decoding thread took 130 MB of the limit for a 160x96 clip (VmPeak; 11 MB with
+    one arena). A decoder's threads hand frames to each other in turn, so they do not contend for it.
+    """
+    import ctypes
+
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(-8, 1)  # M_ARENA_MAX = 1
+
+
+def _status_kb(field: str) -> int:
+    """A figure of this process's /proc/self/status in KiB (VmSize, VmPeak), 0 without /proc."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+# A small allocation refused at the limit can come back from FFmpeg as another error ("Invalid
+# data", EAGAIN for a thread it could not start): a clip whose decode took the process this
+# close to the limit failed for memory, whatever the decoder said.
+NEAR_LIMIT_KB = 16 * 1024
+
+
+def _came_near_limit(peak_before_kb: int) -> bool:
+    """Whether this clip's decode raised the process's peak size to within NEAR_LIMIT_KB of its limit."""
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    peak = _status_kb("VmPeak")
+    return limit != resource.RLIM_INFINITY and peak > peak_before_kb and peak * 1024 > limit - NEAR_LIMIT_KB * 1024
+
+
+def run_decode(decode: Callable[[Path, FrameSpec], ClipFrames], path: Path, spec: FrameSpec) -> ClipFrames:
+    """What a decoder process runs for one clip: `decode`, with an allocation that failed named as such.
+
+    Under the address-space limit an allocation fails (numpy's or Python's MemoryError, FFmpeg's
+    ENOMEM) instead of the machine running out; the clip fails with the limit in its reason, and the
+    process frees the memory and takes the next clip.
+    """
+    peak = _status_kb("VmPeak")
+    try:
+        clip = decode(path, spec)
+        if _room_to_send(clip.frames.nbytes):
+            return clip
+        del clip  # not kept by the error's traceback
+        raise MemoryError
+    except MemoryError:
+        where, reason = str(path), out_of_memory(spec.decoder_memory_mb)
+    except FrameError as exc:
+        where, reason = exc.path, exc.reason
+        if exc.reason == OUT_OF_MEMORY or _came_near_limit(peak):
+            reason = out_of_memory(spec.decoder_memory_mb)
+    # Raised here, after the except blocks, so the new error holds no traceback of the failed decode:
+    # pebble keeps a task's error until the next task ends, and with it every frame that traceback
+    # holds (an 8K clip's 260 MB made the next clip fail at the limit). collect() frees the cycles.
+    gc.collect()
+    raise FrameError(where, reason)
+
+
+def _room_to_send(nbytes: int) -> bool:
+    """Whether the process can pickle `nbytes` of frames to send them back: twice their size, for
+    numpy's `tobytes()` copy and the pickle's buffer.
+
+    Without the room, pebble's worker fails while sending and the process dies ("MemoryError",
+    exit code 1); checked here, the clip fails alone with the limit named.
+    """
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    size = _status_kb("VmSize") * 1024
+    return limit == resource.RLIM_INFINITY or not size or size + 2 * nbytes + NEAR_LIMIT_KB * 1024 <= limit
+
+
+def out_of_memory(megabytes: int) -> str:
+    """The reason a clip failed for lack of memory, naming the limit and the setting that raises it."""
+    if megabytes <= 0:
+        return OUT_OF_MEMORY
+    return f"decoder ran out of its {megabytes} MiB address-space limit (CAPTIONER_DECODER_MEMORY_MB raises it)"
+
+
+def _died(exitcode: int | None, memory_mb: int) -> str:
+    """Why a decoder process ended without a result, as far as its exit code tells."""
+    if exitcode == -signal.SIGABRT and memory_mb > 0:
+        # decord lets C++'s std::bad_alloc escape, and the C++ runtime aborts the process.
+        return (
+            f"decoder process died (exit code {exitcode}, an abort, as when decord is refused memory at its "
+            f"{memory_mb} MiB address-space limit; CAPTIONER_DECODER_MEMORY_MB raises it)"
+        )
+    return f"decoder process died (exit code {exitcode})"
+
+
+def _translate(inner: Future, outer: Future, path: str, timeout: float, memory_mb: int) -> None:
     """Turn pebble's process-level failures into FrameErrors that name the clip."""
     from pebble import ProcessExpired
 
@@ -77,7 +210,7 @@ def _translate(inner: Future, outer: Future, path: str, timeout: float) -> None:
     except TimeoutError:
         outer.set_exception(FrameError(path, f"decoding took longer than {timeout:g} s; decoder process killed"))
     except ProcessExpired as exc:
-        outer.set_exception(FrameError(path, f"decoder process died (exit code {exc.exitcode})"))
+        outer.set_exception(FrameError(path, _died(exc.exitcode, memory_mb)))
     except BrokenProcessPool:
         # pebble's other report of the same death, when the clip's worker was the pool's only one.
         outer.set_exception(FrameError(path, "decoder process died (the pool had no worker left)"))

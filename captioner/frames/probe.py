@@ -121,7 +121,7 @@ def probe(path: Path) -> VideoInfo:
     try:
         with openable(path) as name, av.open(name, metadata_errors="replace") as container:
             return _probe(path, container)
-    except FrameError:
+    except (FrameError, MemoryError):  # PyAV's ENOMEM is an FFmpegError too: not a damaged file
         raise
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise FrameError(path, _iso_media_cut(path) or explain(str(exc))) from None
@@ -228,6 +228,8 @@ def _scan(container, stream) -> _Scan:
             after_key = stamp if packet.is_keyframe and scan.pts else None
             scan.pts.append(stamp)
             scan.keys.append(bool(packet.is_keyframe))
+    except MemoryError:
+        raise
     except (av.error.FFmpegError, EOFError) as exc:
         scan.error = explain(str(exc))
     return scan
@@ -257,18 +259,31 @@ def _check_complete(path: Path, container, stream_end: dict[int, float], demux_e
         )
 
 
+# Top-level boxes `_iso_media_cut` reads at most. A camera's file has a handful (ftyp, mdat, moov,
+# free, uuid); a fragmented one two or three per fragment, with its moov first. Each costs one
+# 16-byte read, so the scan of a hostile file of tiny boxes stops after 160 KB.
+MAX_TOP_BOXES = 10_000
+
+
 def _iso_media_cut(path: Path) -> str | None:
     """Why an MP4/MOV/3GP that FFmpeg cannot open is broken, from its top-level boxes; None if not one.
 
     A camera or a copy writes the media data first and the index (`moov`) last; cut short, the
-    data box claims more bytes than the file has and the index is gone.
+    data box claims more bytes than the file has and the index is gone. At most `MAX_TOP_BOXES`
+    boxes are read, none kept.
     """
     size = path.stat().st_size
-    with open(os.fsencode(path), "rb") as f:
+    with open(os.fsencode(path), "rb", buffering=0) as f:  # unbuffered: a header is 16 bytes, not 8 KB
         if f.read(12)[4:8] != b"ftyp":
             return None
-        position, boxes = 0, []
+        position, has_index, boxes = 0, False, 0
         while position + 8 <= size:
+            if boxes == MAX_TOP_BOXES:  # more boxes than any writer makes: stop reading
+                return None if has_index else (
+                    f"not a video file, or a damaged one: no MP4 index (moov) in its first {MAX_TOP_BOXES:,} "
+                    "top-level boxes"
+                )
+            boxes += 1
             f.seek(position)
             header = f.read(16)
             length, kind = int.from_bytes(header[:4], "big"), header[4:8]
@@ -278,7 +293,7 @@ def _iso_media_cut(path: Path) -> str | None:
                 length = size - position
             if length < 8:
                 break
-            boxes.append(kind)
+            has_index = has_index or kind == b"moov"
             if position + length > size:
                 return (
                     f"file ends early (cut at about {size / (position + length):.0%}: its "
@@ -286,6 +301,6 @@ def _iso_media_cut(path: Path) -> str | None:
                     "an interrupted copy or recording?)"
                 )
             position += length
-    if b"moov" not in boxes:
+    if not has_index:
         return "file is incomplete: its MP4 index (moov) is missing, as when a copy or recording was cut off"
     return None

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from captioner.frames.choose import decode_size, last_keyframe
-from captioner.frames.errors import FrameError, explain
+from captioner.frames.errors import OUT_OF_MEMORY, FrameError, explain
 from captioner.frames.probe import VideoInfo, openable
 
 
@@ -38,12 +38,43 @@ class _SeekMissed(Exception):
     """A seek did not land on the keyframe asked for (a container without an index)."""
 
 
+class _Scaled:
+    """Decoded pictures, each scaled to the model's size as it arrives: no full-size frame is kept
+    (32 8K frames held until the end took 1.6 GB).
+
+    The rotation is the stream's display matrix, the same on every frame: the first one tells.
+    """
+
+    def __init__(self, info: VideoInfo, short_side: int | None) -> None:
+        self.info, self.short_side = info, short_side
+        self.rotation: int | None = None
+        self.stored = (0, 0)  # (width, height) of a picture before it is turned upright
+        self.rgb: dict[int, np.ndarray] = {}
+
+    def add(self, index: int, picture) -> None:
+        """Keep frame `index` (a PyAV frame) as RGB at the model's size."""
+        if self.rotation is None:
+            self.rotation = _rotation(picture) if self.info.may_rotate else 0
+            width, height = decode_size(*self.info.display_size(self.rotation), self.short_side)
+            self.stored = (height, width) if self.rotation in (90, 270) else (width, height)
+        self.rgb[index] = _rgb(picture, *self.stored)
+
+    def __contains__(self, index: int) -> bool:
+        return index in self.rgb
+
+    def finish(self, indices: list[int], decoder: str) -> Decoded:
+        """The frames `indices` (repeats allowed) upright, stacked."""
+        rotation = self.rotation or 0
+        return Decoded(_upright(np.stack([self.rgb[i] for i in indices]), rotation), rotation, decoder)
+
+
 def read_keyframes(path: Path, info: VideoInfo, indices: list[int], short_side: int | None) -> Decoded:
     """Keyframes `indices`, each decoded from its own packet alone (see the module docstring)."""
+    pictures = _Scaled(info, short_side)
     with _open_video(path) as (container, stream):
-        pictures = {i: _decode_keyframe(container, stream, int(info.pts[i])) for i in sorted(set(indices))}
-    rotation = _rotation(next(iter(pictures.values()))) if info.may_rotate else 0
-    return _finish(info, pictures, indices, rotation, short_side, "pyav-keyframes")
+        for i in sorted(set(indices)):
+            pictures.add(i, _decode_keyframe(container, stream, int(info.pts[i])))
+    return pictures.finish(indices, "pyav-keyframes")
 
 
 def read_decord(
@@ -91,25 +122,26 @@ def read_pyav(path: Path, info: VideoInfo, indices: list[int], short_side: int |
     groups: dict[int, list[int]] = {}
     for index in wanted:
         groups.setdefault(int(key_of[index]), []).append(index)
-    pictures: dict[int, object] = {}
+    pictures = _Scaled(info, short_side)
     try:
         with _open_video(path) as (container, stream):
             for key, members in groups.items():
                 if members == [key] and info.keyframe[key]:
-                    pictures[key] = _decode_keyframe(container, stream, int(info.pts[key]))
+                    pictures.add(key, _decode_keyframe(container, stream, int(info.pts[key])))
                 else:
                     container.seek(int(info.pts[key]), stream=stream, backward=True, any_frame=False)
-                    pictures.update(_decode_forward(container, stream, info, members))
-    except (_SeekMissed, FrameError):
-        pass  # a container without a usable index (MPEG-TS/PS seek by byte guesses): read it through
+                    _decode_forward(container, stream, info, members, pictures)
+    except (_SeekMissed, FrameError) as exc:
+        if isinstance(exc, FrameError) and exc.reason == OUT_OF_MEMORY:
+            raise
+        # A container without a usable index (MPEG-TS/PS seek by byte guesses): read it through.
     if any(i not in pictures for i in wanted):
         with _open_video(path) as (container, stream):
-            pictures.update(_decode_forward(container, stream, info, [i for i in wanted if i not in pictures]))
+            _decode_forward(container, stream, info, [i for i in wanted if i not in pictures], pictures)
     missing = [i for i in wanted if i not in pictures]
     if missing:
         raise FrameError(path, f"file ends early: decoding stopped before frame {missing[0] + 1} of {info.frames}")
-    rotation = _rotation(pictures[wanted[0]]) if info.may_rotate else 0
-    return _finish(info, pictures, indices, rotation, short_side, "pyav")
+    return pictures.finish(indices, "pyav")
 
 
 @contextmanager
@@ -143,10 +175,9 @@ def _decode_keyframe(container, stream, pts: int):
     raise _SeekMissed
 
 
-def _decode_forward(container, stream, info: VideoInfo, members: list[int]) -> dict[int, object]:
-    """Decode on from the current position until every frame in `members` (ascending) is there."""
+def _decode_forward(container, stream, info: VideoInfo, members: list[int], pictures: _Scaled) -> None:
+    """Decode on from the current position until every frame in `members` (ascending) is in `pictures`."""
     pending = list(members)
-    found: dict[int, object] = {}
     for frame in container.decode(stream):
         stamp = frame.pts if frame.pts is not None else frame.dts
         if stamp is None:
@@ -156,19 +187,9 @@ def _decode_forward(container, stream, info: VideoInfo, members: list[int]) -> d
         while pending and stamp >= info.pts[pending[0]]:
             index = pending.pop(0)
             if stamp == info.pts[index]:
-                found[index] = frame
+                pictures.add(index, frame)
         if not pending:
             break
-    return found
-
-
-def _finish(info: VideoInfo, pictures: dict, indices: list[int], rotation: int, short_side: int | None,
-            decoder: str) -> Decoded:
-    """Scale decoded pictures to the model's size at display aspect, turn them upright, stack them."""
-    width, height = decode_size(*info.display_size(rotation), short_side)
-    stored = (height, width) if rotation in (90, 270) else (width, height)
-    rgb = {i: _rgb(picture, *stored) for i, picture in pictures.items()}
-    return Decoded(_upright(np.stack([rgb[i] for i in indices]), rotation), rotation, decoder)
 
 
 def _rotation(frame) -> int:

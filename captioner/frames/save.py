@@ -1,24 +1,36 @@
-"""`captioner frames`: the frames the model would see, as PNG files a person can open."""
+"""`captioner frames`: the frames the model would see, as PNG files a person can open.
+
+Each video's frames go to a folder under `--out` named after its file-name stem (`folder_name`).
+A file name may hold anything but "/" and NUL: a stem of ".." (`...mp4`) or "." would write
+outside `--out` or into it, and control characters or backslashes make names no other system or
+shell handles well. Such stems are made safe; ordinary names, Korean ones included, are kept.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Iterator
 
+from captioner.escaping import CONTROL_CHARS
 from captioner.frames.decode import ClipFrames, FrameSpec
 from captioner.frames.errors import FrameError
 from captioner.frames.pool import FrameDecoder
 from captioner.sources import raw_name, video_id
 
 FRAMES_JSON = "frames.json"
+# Path separators: both, as the folder may be copied to Windows.
+SEPARATORS = re.compile(r"[/\\]")
+MAX_NAME_BYTES = 200  # under the usual 255-byte name limit, leaving room for "-2", "-3", ...
 
 
 def save_frames(videos: list[Path], out: Path, spec: FrameSpec, timeout: float = 60.0) -> Iterator[dict[str, Any]]:
     """Decode each video as captioning does and write `out/<stem>/NN.png` plus `frames.json`.
 
     Yields one result per video: where its frames went and how they were taken, or the error.
-    Two videos with the same stem get `<stem>`, `<stem>-2`, ...
+    Two videos with the same folder name (`folder_name`) get `<name>`, `<name>-2`, ...
     """
     from PIL import Image
 
@@ -32,7 +44,7 @@ def save_frames(videos: list[Path], out: Path, spec: FrameSpec, timeout: float =
             except FrameError as exc:
                 yield {**result, "error": exc.reason}
                 continue
-            folder = out / _unique(video_id(video.stem), used)
+            folder = out / _unique(folder_name(video), used)
             folder.mkdir(parents=True, exist_ok=True)
             for i, frame in enumerate(clip.frames):
                 Image.fromarray(frame).save(folder / f"{i:02d}.png")
@@ -55,10 +67,24 @@ def describe(clip: ClipFrames) -> dict[str, Any]:
     }
 
 
-def _unique(stem: str, used: set[str]) -> str:
-    name, n = stem or "video", 1
-    while name in used:
+def folder_name(video: Path) -> str:
+    """The name of a video's frames folder: its file-name stem, made safe to join under `--out`.
+
+    Separators ("/" and "\\", also that of an undecodable byte's `\\xNN`) and control characters
+    become "_", a stem of dots only (".", "..") becomes "video", a long one is cut; other names are
+    kept as they are.
+    """
+    name = CONTROL_CHARS.sub("_", SEPARATORS.sub("_", video_id(video.stem)))
+    if not name.strip("."):
+        return "video"
+    return name.encode("utf-8")[:MAX_NAME_BYTES].decode("utf-8", errors="ignore")
+
+
+def _unique(name: str, used: set[str]) -> str:
+    # Compared as a case-insensitive, NFC file system would (macOS, Windows): "A" and "a" are one folder there.
+    chosen, n = name, 1
+    while unicodedata.normalize("NFC", chosen).casefold() in used:
         n += 1
-        name = f"{stem}-{n}"
-    used.add(name)
-    return name
+        chosen = f"{name}-{n}"
+    used.add(unicodedata.normalize("NFC", chosen).casefold())
+    return chosen

@@ -4,7 +4,9 @@ The folder is read as one dataset (`records.folder.read_output`: `captions.jsonl
 part files queue workers write, oldest record first), and every video gives one row per
 version: its newest `ok` record of that version. A video whose records of a version all failed
 has no row for it. A version is the model, adapter (and its hash) and prompt version
-(`records.record.VersionKey`).
+(`records.record.VersionKey`). A video is the exact bytes of its path (`sources.record_key`):
+two names that show the same `video` text (the byte 0xff, the four characters `\\xff`) are two
+videos, and their rows differ in `video_raw`.
 
 Which versions: by default only the **newest version** of the folder, the version of its most
 recent `ok` record (oldest-first order of `read_output`: by `created_at`, then file order, so the
@@ -32,10 +34,12 @@ Columns, in this order (one row per video and version):
 | `finish_reason` | string, null | `stop` or `length` |
 | `created_at` | string | when the record was written (ISO 8601, UTC) |
 
-Formats: Parquet (pyarrow; lists stay lists, types as above), CSV (UTF-8, no BOM; the list
-columns hold JSON text, e.g. `[0.6, 1.8]`), JSONL (one UTF-8 JSON object a line, Korean
-unescaped, lists as lists). Rows are sorted by video, then by record time. The file is written
-whole or not at all (temporary file, then rename); default `OUT/export.<format>`.
+Formats: Parquet (pyarrow; lists stay lists, types as above), CSV (UTF-8, no BOM, CRLF; the list
+columns hold JSON text, e.g. `[0.6, 1.8]`; a text cell starting with `=`, `+`, `-`, `@`, tab or CR
+gets a leading `'`, so a spreadsheet shows it rather than runs it: `captioner.escaping`), JSONL
+(one UTF-8 JSON object a line, Korean unescaped, lists as lists). Rows are sorted by video, then by
+record time. The file is written whole or not at all (temporary file, then rename); default
+`OUT/export.<format>`.
 """
 
 from __future__ import annotations
@@ -48,9 +52,11 @@ from pathlib import Path
 from typing import Any
 
 from captioner.errors import CaptionerError
+from captioner.escaping import spreadsheet_csv
 from captioner.records.files import PARTS_DIR, write_atomic
 from captioner.records.folder import CAPTIONS_FILE, dataset_files, newest_per_version, output_folder, read_output
 from captioner.records.record import VersionKey
+from captioner.sources import record_key
 from captioner.textcheck import record_flags
 
 log = logging.getLogger(__name__)
@@ -153,9 +159,11 @@ def export(target: Path, fmt: str, out: Path | None = None, all_versions: bool =
         keys, chosen, chosen_at = [newest], newest.label(), ok[-1].get("created_at")
     wanted = set(keys)
 
+    # One row per video and version: videos told apart by their exact name bytes (`record_key`), so
+    # two names that show the same `video` text (a byte 0xff, the characters "\\xff") are two rows.
     latest_ok = {pair: record for pair, record in newest_per_version(ok).items() if pair[1] in wanted}
-    rows = sorted((_row(record) for record in latest_ok.values()), key=lambda r: (r["video"], r["created_at"] or ""))
-    tried = {record["video"] for record in records if VersionKey.of(record) in wanted}
+    rows = sorted((_row(record) for record in latest_ok.values()), key=_row_order)
+    tried = {record_key(record) for record in records if VersionKey.of(record) in wanted}
     exported_videos = {video for video, _ in latest_ok}
 
     if fmt == "parquet":
@@ -208,6 +216,11 @@ def _check_out(path: Path, folder: Path) -> None:
         )
     if path.is_dir():
         raise ExportError(f"{path}: is a folder; --out names the file to write")
+
+
+def _row_order(row: dict[str, Any]) -> tuple[str, str, str]:
+    """Rows by video text, then by record time; `video_raw` orders two names that show alike."""
+    return row["video"], row["video_raw"] or "", row["created_at"] or ""
 
 
 def _row(record: dict[str, Any]) -> dict[str, Any]:
@@ -279,7 +292,8 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     for column, kind in COLUMNS.items():
         if kind == "int64":
             frame[column] = frame[column].astype("Int64")  # stays 8, not 8.0, when a value is missing
-    write_atomic(path, frame.to_csv(index=False, lineterminator="\n"))
+    # Captions and names are outside text: "=HYPERLINK(...)" must reach a spreadsheet as text.
+    write_atomic(path, spreadsheet_csv(frame))
 
 
 def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:

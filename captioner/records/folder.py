@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator
 
 from captioner.records.files import PARTS_DIR, lock_current, write_atomic
 from captioner.records.record import VersionKey
+from captioner.sources import record_key
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,20 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         return []
     records = []
     for _number, where, record, problem in json_objects(complete_lines(path), path):
-        if record is not None and "video" in record and "status" in record:
+        if record is not None and "video" in record and "status" in record and _names_a_video(record):
             records.append(record)
         else:
-            log.warning("%s; ignored", problem or f"{where}: not a caption record")
+            log.warning("%s; ignored", problem or f"{where}: not a caption record (no video path it can name)")
     return records
+
+
+def _names_a_video(record: dict[str, Any]) -> bool:
+    """Whether the record names a video `record_key` can identify (checked once, as it is read)."""
+    try:
+        record_key(record)
+    except (TypeError, ValueError):  # binascii.Error and UnicodeEncodeError are ValueErrors
+        return False
+    return True
 
 
 def dataset_files(out_dir: Path) -> list[Path]:
@@ -145,23 +155,30 @@ def read_output(target: Path) -> list[dict[str, Any]]:
     return records
 
 
-def newest_per_version(records: Iterable[dict[str, Any]]) -> dict[tuple[str, VersionKey], dict[str, Any]]:
-    """The newest record per (video, version), in order of recency (records come oldest first)."""
-    newest: dict[tuple[str, VersionKey], dict[str, Any]] = {}
+def newest_per_version(records: Iterable[dict[str, Any]]) -> dict[tuple[bytes, VersionKey], dict[str, Any]]:
+    """The newest record per (video, version), in order of recency (records come oldest first).
+
+    Videos are told apart by `sources.record_key` (the exact bytes of the path), not by the `video`
+    text: two names that show alike are two videos.
+    """
+    newest: dict[tuple[bytes, VersionKey], dict[str, Any]] = {}
     for record in records:
-        key = (record["video"], VersionKey.of(record))
+        key = (record_key(record), VersionKey.of(record))
         newest.pop(key, None)  # re-insert: keep the order by recency
         newest[key] = record
     return newest
 
 
-def latest_by_video(records: Iterable[dict[str, Any]], key: VersionKey | None = None) -> dict[str, dict[str, Any]]:
-    """The newest record per video, optionally only among records of one version."""
+def latest_by_video(records: Iterable[dict[str, Any]], key: VersionKey | None = None) -> dict[bytes, dict[str, Any]]:
+    """The newest record per video (by `sources.record_key`), optionally only among records of one version."""
     return {video: r for (video, version), r in newest_per_version(records).items() if key in (None, version)}
 
 
-def ok_videos(records: Iterable[dict[str, Any]], key: VersionKey) -> set[str]:
-    """The videos whose newest record of version `key` is `ok`."""
+def ok_videos(records: Iterable[dict[str, Any]], key: VersionKey) -> set[bytes]:
+    """The videos whose newest record of version `key` is `ok`, by `sources.record_key`.
+
+    Ask about a path with `sources.video_bytes(path) in ok_videos(...)`: the same bytes.
+    """
     return {video for video, record in latest_by_video(records, key).items() if record["status"] == "ok"}
 
 

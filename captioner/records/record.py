@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from captioner.sources import raw_name, safe_text, video_id
+from captioner.sources import raw_name, record_path, safe_text, video_id
 from captioner.textcheck import text_flags
 
 if TYPE_CHECKING:  # types only: the record stage never runs the frame stage or the engine
@@ -55,6 +55,11 @@ class CaptionRecord:
     text_flags: list[str] = field(default_factory=list)
     video_raw: str | None = None  # base64 of the path's bytes when `video` cannot hold them (see sources)
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def path(self) -> Path:
+        """The file this record is about, exactly (`video` only shows a non-UTF-8 name; see `sources`)."""
+        return record_path({"video": self.video, "video_raw": self.video_raw})
 
     def to_json(self) -> str:
         """One line of UTF-8 JSON (Korean kept readable; undecodable name bytes shown as \\xNN)."""

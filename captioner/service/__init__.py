@@ -7,7 +7,9 @@
 - `status`: a job's status, `cancel`, `wait`, and its `summary.json`.
 - `runtime`: the worker process (`WorkerRuntime`: engine, decoders, heartbeat), its engine shared
   by its chunk threads (`shared_engine`) and its Prometheus metrics (`prometheus`).
-- `chunk`: one chunk of a job (`run_chunk`); `jobs`: finishing a job, the nightly job (`nightly`).
+- `message`: what a worker reads from the broker and Redis, checked (`ChunkMessage`, `JobRecord`).
+- `chunk`: one chunk of a job (`run_chunk`); `jobs`: finishing a job (`finish_job`, `finish_settled`);
+  `nightly`: the nightly job.
 - `celery_app` and `tasks`: the Celery app and its thin tasks; `workers/` is only the entry point.
 
 A worker runs a chunk with the same captioning functions as `captioner run` (`captioner.captioning`)
@@ -18,7 +20,8 @@ from captioner.service.chunk import run_chunk
 from captioner.service.chunks import chunk_size, chunks_in_flight
 from captioner.service.done_index import video_key
 from captioner.service.errors import JobNotFound, RetryChunk, SubmitError
-from captioner.service.jobs import finish_job, nightly
+from captioner.service.jobs import finish_job, finish_settled
+from captioner.service.nightly import nightly
 from captioner.service.runtime import WorkerRuntime
 from captioner.service.status import cancel, job_summary, status, wait
 from captioner.service.store import FINISHED, JobStore, connect, ping, secure_url
@@ -40,6 +43,7 @@ __all__ = [
     "connect",
     "enqueue",
     "finish_job",
+    "finish_settled",
     "job_options",
     "job_summary",
     "nightly",

@@ -6,7 +6,7 @@ files changed behind the service.
 
 Keys, per output folder OUT and version VERSION (`folder_key`, `VersionKey.digest`):
 
-- `captioner:done:OUT:VERSION` set: videos (`video_key`) with an `ok` record of VERSION;
+- `captioner:done:OUT:VERSION` set: videos (`video_key`, of the exact path bytes) with an `ok` record of VERSION;
 - `...:sig`: which state of the folder's files (`folder_signature`) the set was rebuilt from;
 - `...:rebuilding` flag and `...:new` set: a rebuild under way, and what it has gathered so far;
 - `captioner:claims:OUT:VERSION` hash: video -> the chunk captioning it now (see `JobStore.claim`).
@@ -27,16 +27,33 @@ import redis
 
 from captioner.records import CAPTIONS_FILE, PARTS_DIR, VersionKey, ok_videos, read_output
 from captioner.service.redis_scripts import SWAP
-from captioner.sources import video_id
+from captioner.sources import video_bytes
 
 log = logging.getLogger(__name__)
 
 BATCH = 10_000  # members per Redis command when a set is filled or queried in bulk
+# How the members of a done set are made, part of every `folder_signature`: a new value rebuilds each
+# index once, on its first `ensure`. "keys2" (issue 20): a non-UTF-8 name's key hashes its bytes; its
+# old key hashed its "\\xNN" text, which is the new key of a name spelling that text, so an old
+# member would mark that other video done. Valid UTF-8 names keep their keys (see `video_key`).
+INDEX_FORMAT = "keys2"
 
 
-def video_key(video: Path | str) -> str:
-    """How Redis names a video: 80 bits of a hash of its path, as 14 characters (any file name, small)."""
-    digest = hashlib.blake2b(video_id(video).encode("utf-8"), digest_size=10).digest()
+def video_key(video: Path | str | bytes) -> str:
+    """How Redis names a video: 80 bits of a hash of its path's exact bytes, as 14 characters (any file name, small).
+
+    `video` is a path or a video's identity (`sources.video_bytes`, `sources.record_key`): the same
+    video gives the same key either way, which is what lets a rebuild from the records files agree
+    with the keys workers compute from paths. Pass a path (`CaptionRecord.path`), never a record's
+    `video` text: for a non-UTF-8 name that text is not the name.
+    """
+    # Before issue 20 this hashed the UTF-8 of `video_id(video)` (undecodable bytes as "\xNN"
+    # text), so a name holding the byte 0xff and one holding the characters "\xff" shared a key.
+    # For a name whose bytes are valid UTF-8, `video_id`'s text encodes back to exactly those
+    # bytes: its key is unchanged, so a running deployment's claims and done members stay valid
+    # across the upgrade. Only non-UTF-8 names get new keys; each done set is rebuilt once
+    # (`INDEX_FORMAT`) so that their old members go.
+    digest = hashlib.blake2b(video_bytes(video), digest_size=10).digest()
     return base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
@@ -53,8 +70,8 @@ def batches(items: list[str]) -> Iterator[list[str]]:
 
 def folder_signature(out_dir: Path) -> str:
     """What changes when an output folder's files change behind the service: `captions.jsonl`
-    (size, time, inode) and the `parts/` folder's identity (deleted or replaced)."""
-    facts = []
+    (size, time, inode) and the `parts/` folder's identity (deleted or replaced); and `INDEX_FORMAT`."""
+    facts = [INDEX_FORMAT]
     for path in (out_dir / CAPTIONS_FILE, out_dir / PARTS_DIR):
         try:
             st = os.stat(path)
@@ -112,7 +129,7 @@ class DoneIndex:
         self.redis.set(keys.rebuilding, "1", ex=3600)
         self.redis.delete(keys.fresh)
         records = read_output(out_dir)
-        members = [video_key(video) for video in ok_videos(records, key)]
+        members = [video_key(identity) for identity in ok_videos(records, key)]  # the keys paths give
         for batch in batches(members):
             self.redis.sadd(keys.fresh, *batch)
         self._swap(keys=[keys.done, keys.fresh, keys.sig, keys.rebuilding], args=[sig])

@@ -15,3 +15,7 @@ class JobNotFound(CaptionerError):
 
 class RetryChunk(CaptionerError):
     """The chunk failed in a way worth another try (engine died, worker error); Celery retries it."""
+
+
+class ChunkBusy(CaptionerError):
+    """Another delivery of the chunk runs now (a duplicate message); this one is sent again later."""

@@ -1,38 +1,49 @@
-"""Jobs as a whole on the worker side: finishing a job once its last chunk is in, and the nightly job."""
+"""Finishing a job once its chunks are all in: merging its part files, its summary, its final state.
+
+The worker that publishes a job's last chunk finishes it; if that fails (a full disk, a read-only
+folder, Redis away), every worker's heartbeat tries again (`finish_settled`) until it works or
+`FINISH_ATTEMPTS` have failed, when the job is marked failed with the reason. Finishing twice is
+harmless: the state is checked under the output folder's lock.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
+from typing import Any
 
-from captioner.config import Settings
 from captioner.records import merge_parts, write_summary
 from captioner.service.done_index import folder_key
 from captioner.service.errors import SubmitError
+from captioner.service.message import JobRecord, MessageRefused, is_job_id
 from captioner.service.status import job_summary, status
 from captioner.service.store import FINISHED, JobStore
-from captioner.service.submit import allowed_path, check_submission, enqueue, job_options
-from captioner.sources import Found
-
-if TYPE_CHECKING:
-    from captioner.service.runtime import WorkerRuntime
+from captioner.service.submit import JobOptions, allowed_path
 
 log = logging.getLogger(__name__)
 
+FINISH_ATTEMPTS = 10  # heartbeats apart: minutes for a read-only or full output folder to come back
 
-def finish_job(store: JobStore, job_id: str, versions: dict[str, Any]) -> None:
+
+def finish_job(store: JobStore, job_id: str, versions: dict[str, Any], roots: list[Path]) -> None:
     """Merge the job's part files into one, write its summary, mark it done. O(job), once.
 
-    Serialized per output folder by a Redis lock.
+    Serialized per output folder by a Redis lock. The job's output folder and summary name are read
+    from Redis, so they are checked again (`JobRecord`, the allowed `roots`); a job whose record
+    fails the checks is marked failed, and nothing is written. Raises what writing raises.
     """
-    job = store.get(job_id)
-    if job is None or job["state"] in FINISHED:
+    fields = store.get(job_id) if is_job_id(job_id) else None
+    if fields is None or fields.get("state") in FINISHED:
         return
-    out_dir = Path(job["out"])
+    try:
+        job = JobRecord.read(fields)
+        out_dir = allowed_path(Path(job.out), roots, "output")
+    except (MessageRefused, SubmitError) as exc:
+        log.error("job %s: %s; marked failed", job_id, exc)
+        store.finish(job_id, "failed", str(exc))
+        return
     with store.lock("out:" + folder_key(out_dir)):
         if store.state(job_id) in FINISHED:
             return
@@ -42,8 +53,8 @@ def finish_job(store: JobStore, job_id: str, versions: dict[str, Any]) -> None:
         summary["finish_s"] = round(time.perf_counter() - started, 3)  # merging the parts: O(job), once
         out_dir.mkdir(parents=True, exist_ok=True)
         write_summary(out_dir, summary)
-        if job.get("summary"):  # the job's own name for it too (the nightly job's dated one)
-            write_summary(out_dir, summary, name=job["summary"])
+        if job.summary:  # the job's own name for it too (the nightly job's dated one)
+            write_summary(out_dir, summary, name=job.summary)
         store.finish(job_id, "done")
     log.info(
         "job %s done: %d videos, %d ok, %d failed, %d skipped (%d records merged in %.1f s)",
@@ -52,51 +63,28 @@ def finish_job(store: JobStore, job_id: str, versions: dict[str, Any]) -> None:
     )  # fmt: skip
 
 
-def nightly(runtime: WorkerRuntime) -> str | None:
-    """Queue the nightly job: videos under the watched folders without an `ok` record for this
-    worker's model, adapter and prompt. Its summary is also written as `nightly-YYYY-MM-DD.json`.
+def finish_settled(store: JobStore, roots: list[Path], versions_of: Callable[[JobOptions], dict[str, Any]]) -> int:
+    """Finish every unfinished job whose chunks are all in (a finishing attempt failed before); return how many.
 
-    Returns the job id (None when nothing is configured). Folders that cannot be used are logged
-    and left out; the others still run.
+    `versions_of` gives the versions a job's options make (the worker's plan). After
+    `FINISH_ATTEMPTS` failed attempts the job is marked failed with the last reason.
     """
-    settings = runtime.settings
-    if not settings.nightly_folders or settings.nightly_out is None:
-        log.warning("nightly: no nightly_folders / nightly_out configured; nothing to do")
-        return None
-    today = datetime.now(ZoneInfo(settings.timezone)).date().isoformat()
-    try:
-        out_dir = allowed_path(Path(settings.nightly_out), settings.allowed_roots, "output")
-    except SubmitError as exc:
-        log.error("nightly: %s; nothing queued", exc)
-        return None
-    folders, videos, left_out = watched_videos(settings, out_dir)
-    options = job_options(settings)
-    plan = runtime.plan(options)
-    runtime.store.ensure_index(out_dir, plan.key)
-    todo = [video for video, done in zip(videos, runtime.store.done(out_dir, plan.key, videos)) if not done]
-    job_id = enqueue(
-        runtime.store, settings, folders, out_dir, todo, options,
-        skipped=len(videos) - len(todo), summary=f"nightly-{today}.json", left_out=left_out,
-    )  # fmt: skip
-    if not todo:
-        finish_job(runtime.store, job_id, plan.versions())
-    log.info("nightly %s: job %s, %d of %d videos to caption", today, job_id, len(todo), len(videos))
-    return job_id
-
-
-def watched_videos(settings: Settings, out_dir: Path) -> tuple[list[Path], list[Path], Found]:
-    """The usable watched folders, their videos, and the files left out (a folder that cannot be used is logged)."""
-    folders: list[Path] = []
-    videos: list[Path] = []
-    left_out = Found()  # hidden and AppleDouble files; files still being copied wait for tomorrow
-    for folder in settings.nightly_folders:
-        try:
-            checked, _, found = check_submission([folder], out_dir, settings)
-        except SubmitError as exc:
-            log.warning("nightly: %s; folder left out tonight", exc)
+    finished = 0
+    for job_id in store.unfinished():
+        fields = store.get(job_id) if is_job_id(job_id) else None
+        if fields is None or fields.get("state") in FINISHED:
+            store.forget_unfinished(job_id)
             continue
-        folders += checked
-        videos += found.videos
-        left_out.ignored += found.ignored
-        left_out.settling += found.settling
-    return folders, videos, left_out
+        if not store.complete(job_id):
+            continue
+        try:
+            options = JobOptions.model_validate(JobRecord.read(fields).options)
+            finish_job(store, job_id, versions_of(options), roots)
+            finished += 1
+        except Exception as exc:  # noqa: BLE001 - whatever stopped it, try again next beat, then give up
+            attempts = store.finish_failed(job_id)
+            reason = f"finishing failed {attempts} times: {type(exc).__name__}: {exc}"
+            log.warning("job %s: %s", job_id, reason)
+            if attempts >= FINISH_ATTEMPTS:
+                store.finish(job_id, "failed", reason)
+    return finished

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from captioner.config import Settings
 from captioner.frames import FrameDecoder, FrameSpec
 from captioner.service.celery_app import CHUNK_TASK, RECOVERED_PRIORITY, app_for
+from captioner.service.jobs import finish_settled
 from captioner.service.prometheus import WorkerMetrics
 from captioner.service.shared_engine import SharedEngine
 from captioner.service.store import JobStore, connect
@@ -56,6 +57,7 @@ class WorkerRuntime:
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _beating: threading.Thread | None = field(default=None, init=False)
+    _active: set[str] = field(default_factory=set, init=False)  # "JOB:CHUNK" being run by this process now
 
     def __post_init__(self) -> None:
         self.store = JobStore.connect(self.settings, patient=True)
@@ -98,6 +100,19 @@ class WorkerRuntime:
                 self._decoders[spec] = (self.make_decoder or _frame_decoder)(plan)
             return self._decoders[spec]
 
+    def begin(self, chunk: str) -> bool:
+        """Mark `chunk` ("JOB:INDEX") as run by this process; False when it is already (a duplicate delivery)."""
+        with self._lock:
+            if chunk in self._active:
+                return False
+            self._active.add(chunk)
+            return True
+
+    def end(self, chunk: str) -> None:
+        """`chunk` is no longer run by this process (finished, deferred, or failed)."""
+        with self._lock:
+            self._active.discard(chunk)
+
     def start(self) -> None:
         """Load the engine for the worker's own settings (before any chunk); start beating; serve metrics.
 
@@ -126,19 +141,27 @@ class WorkerRuntime:
             try:
                 self.store.beat(self.id, self.settings.dead_after_s)
                 self.recover()
+                finish_settled(self.store, self.settings.writable_roots, lambda options: self.plan(options).versions())
             except Exception:  # noqa: BLE001 - Redis away for a moment: beat again next time
                 log.warning("heartbeat failed", exc_info=True)
 
     def recover(self) -> int:
-        """Send again, ahead of the queue, every chunk whose worker stopped beating; return how many."""
+        """Send again, ahead of the queue, every chunk nobody runs; return how many.
+
+        Those are the chunks of workers that stopped beating, and this worker's own chunks that
+        ended without settling (a task that raised past the chunk's handling, a retry that never
+        came): in every case the chunk runs again, so no job waits on a chunk nobody holds.
+        """
         sent = 0
-        for chunk, entry in self.store.orphans():
+        with self._lock:
+            active = set(self._active)
+        for chunk, entry in self.store.orphans(self.id, active, grace_s=2 * self.settings.heartbeat_s):
             app = app_for(self.settings)
             queue = entry.get("queue") or self.settings.queue
             app.send_task(CHUNK_TASK, args=entry["args"], queue=queue, priority=RECOVERED_PRIORITY)
             silent = time.time() - entry["since"]
-            log.warning("chunk %s: worker %s stopped beating; chunk sent again (started %.0f s ago)",
-                        chunk, entry["host"], silent)  # fmt: skip
+            why = "left unsettled here" if entry["worker"] == self.id else f"worker {entry['host']} stopped beating"
+            log.warning("chunk %s: %s; chunk sent again (started %.0f s ago)", chunk, why, silent)
             sent += 1
         return sent
 

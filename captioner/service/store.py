@@ -17,6 +17,8 @@ Keys (one Redis, not a cluster: a chunk's scripts touch its job and its output f
 - `captioner:running` hash: `JOB:CHUNK` -> the chunk's worker id, host and task arguments, for
   every chunk being worked on; a chunk whose worker stopped beating is sent again from here.
 - `captioner:alive:WORKER` string with a TTL: the worker's heartbeat.
+- `captioner:jobs` set: the jobs not finished yet, which workers' heartbeats finish once their
+  chunks are all in (a job whose finishing failed once is finished by the next beat).
 - `captioner:done:OUT:VERSION`, `captioner:claims:OUT:VERSION`: the done-index of output folder
   OUT and the videos being captioned into it now (see `done_index`).
 
@@ -26,8 +28,9 @@ Finished jobs expire `job_ttl` seconds after they finish; the done-index stays (
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -44,6 +47,8 @@ from captioner.service.errors import SubmitError
 
 FINISHED = ("done", "cancelled", "failed")
 RUNNING = "captioner:running"
+UNFINISHED = "captioner:jobs"
+log = logging.getLogger(__name__)
 TOKENS = ("output_tokens", "prompt_tokens", "cached_tokens")  # the token counters a chunk adds to its job
 
 
@@ -98,6 +103,7 @@ class JobStore:
         self._publish = client.register_script(redis_scripts.PUBLISH)
         self._finish = client.register_script(redis_scripts.FINISH)
         self._takeover = client.register_script(redis_scripts.TAKEOVER)
+        self._defer = client.register_script(redis_scripts.DEFER)
 
     @classmethod
     def connect(cls, settings: Settings, patient: bool = False) -> JobStore:
@@ -120,8 +126,11 @@ class JobStore:
         ping(self.redis)
 
     def create(self, job_id: str, fields: dict[str, Any]) -> None:
-        """Record a new job."""
-        self.redis.hset(self.key(job_id), mapping={k: _text(v) for k, v in fields.items()})
+        """Record a new job (and count it among the unfinished ones)."""
+        pipe = self.redis.pipeline()
+        pipe.hset(self.key(job_id), mapping={k: _text(v) for k, v in fields.items()})
+        pipe.sadd(UNFINISHED, job_id)
+        pipe.execute()
 
     def get(self, job_id: str) -> dict[str, str] | None:
         """The job's hash, or None when it does not exist (any more)."""
@@ -133,22 +142,47 @@ class JobStore:
 
     def finish(self, job_id: str, state: str, error: str = "") -> bool:
         """Move the job to a finished `state` and let its keys expire; False if it was finished already."""
-        return self._finish(keys=self.keys(job_id), args=[state, repr(time.time()), error, self.job_ttl]) == 1
+        args = [state, repr(time.time()), error, self.job_ttl, UNFINISHED, job_id]
+        return self._finish(keys=self.keys(job_id), args=args) == 1
+
+    def unfinished(self) -> list[str]:
+        """The jobs not finished yet (at most the few a fleet runs at once)."""
+        return sorted(self.redis.smembers(UNFINISHED))
+
+    def forget_unfinished(self, job_id: str) -> None:
+        """Drop a job from the unfinished set (it finished, expired, or is not a job)."""
+        self.redis.srem(UNFINISHED, job_id)
+
+    def finish_failed(self, job_id: str) -> int:
+        """Count one failed attempt to finish the job; return how many there were."""
+        return int(self.redis.hincrby(self.key(job_id), "finish_failures", 1))
+
+    def complete(self, job_id: str) -> bool:
+        """Whether every chunk of the job is finished."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.scard(self.key(job_id, "chunks"))
+        pipe.hget(self.key(job_id), "chunks")
+        done, total = pipe.execute()
+        return total is not None and total.isdigit() and done >= int(total)
 
     def running(self, job_id: str | None = None) -> dict[str, dict[str, Any]]:
         """Chunks being worked on (`JOB:CHUNK` -> worker, host, args), of one job or of all."""
-        entries = {field: json.loads(value) for field, value in self.redis.hgetall(RUNNING).items()}
-        return {f: e for f, e in entries.items() if job_id is None or f.startswith(job_id + ":")}
+        entries = {field: parse_entry(value) for field, value in self.redis.hgetall(RUNNING).items()}
+        return {f: e for f, e in entries.items() if e is not None and (job_id is None or f.startswith(job_id + ":"))}
 
     # ----------------------------------------------------------------- chunks
 
     def start_chunk(self, job_id: str, index: int, worker_id: str, host: str, queue: str, args: list[Any]) -> int:
         """Register chunk `index` as running on `worker_id` (with the `queue` and task `args` to send it
-        again if the worker dies). -1: no such job; -2: finished already; else how often it was started."""
+        again if the worker dies). -1: no such job; -2: finished already; -3: another live worker
+        runs it now; else how often it was started."""
+        # "worker" first: the scripts read it from the start of the text. ASCII: file names may
+        # hold undecodable bytes (lone surrogates).
         entry = {"worker": worker_id, "host": host, "queue": queue, "since": time.time(), "args": args}
-        text = json.dumps(entry)  # ASCII: file names may hold undecodable bytes (lone surrogates)
+        text = json.dumps(entry)
         keys = [self.key(job_id), self.key(job_id, "chunks"), self.key(job_id, "deliveries"), RUNNING]
-        return int(self._start(keys=keys, args=[str(index), repr(time.time()), f"{job_id}:{index}", text]))
+        args_ = [str(index), repr(time.time()), f"{job_id}:{index}", text, worker_id]
+        return int(self._start(keys=keys, args=args_))
 
     def claim(self, out_dir: Path, key: VersionKey, worker_id: str, chunk: str, videos: list[Path]) -> list[int]:
         """Claim `videos` for `chunk` ("JOB:INDEX") to caption into `out_dir` as `key`: per video 0
@@ -157,7 +191,7 @@ class JobStore:
         result: list[int] = []
         for batch in batches([video_key(v) for v in videos]):
             claimant = f"{worker_id}|{chunk}"
-            result += [int(x) for x in self._claim(keys=[keys.done, keys.claims], args=[claimant, *batch])]
+            result += [int(x) for x in self._claim(keys=[keys.done, keys.claims, RUNNING], args=[claimant, *batch])]
         return result
 
     def release(self, out_dir: Path, key: VersionKey, videos: list[Path]) -> None:
@@ -195,8 +229,21 @@ class JobStore:
         return bool(self._publish(keys=keys, args=[*head, *map(str, tokens.values()), str(len(ok)), *ok, *other]))
 
     def leave(self, job_id: str, index: int) -> None:
-        """The chunk stopped without finishing (it will run again, or its job was cancelled)."""
+        """The chunk stopped without finishing and will not run again here (its job was cancelled)."""
         self.redis.hdel(RUNNING, f"{job_id}:{index}")
+
+    def defer(self, job_id: str, index: int, worker_id: str, retry_at: float) -> None:
+        """The chunk waits for its retry: it stays registered (so it is sent again if nobody takes it
+        by `retry_at`, e.g. because this worker died holding the retry), but anyone may take it."""
+        field = f"{job_id}:{index}"
+        value = self.redis.hget(RUNNING, field)
+        if value is None:
+            return
+        entry = parse_entry(value)
+        if entry is None or entry["worker"] != worker_id:
+            return
+        entry["retry_at"] = retry_at
+        self._defer(keys=[RUNNING], args=[field, value, json.dumps(entry)])
 
     # ----------------------------------------------------------------- workers
 
@@ -208,13 +255,26 @@ class JobStore:
         """Whether the worker beat within its `dead_after_s`."""
         return bool(self.redis.exists(f"captioner:alive:{worker_id}"))
 
-    def orphans(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Running chunks whose worker stopped beating, each taken over (removed) by this caller only."""
+    def orphans(self, me: str = "", active: Collection[str] = (), grace_s: float = 0.0) -> Iterator[
+        tuple[str, dict[str, Any]]
+    ]:
+        """Running chunks nobody runs, each taken over (removed) by this caller only: those whose worker
+        stopped beating, and those registered to `me` that are not in `active` (a task that ended
+        without settling its chunk, or a retry that did not come) `grace_s` after their start or
+        their `retry_at`. Entries that are not the service's (malformed) are dropped, logged."""
+        now = time.time()
         for field, value in self.redis.hgetall(RUNNING).items():
-            entry = json.loads(value)
-            if self.alive(entry["worker"]):
+            entry = parse_entry(value)
+            if entry is None:
+                log.error("dropped a malformed running entry %r", field[:80])
+                self.redis.hdel(RUNNING, field)
                 continue
-            if self._takeover(keys=[RUNNING], args=[field, value, entry["worker"]]) == 1:
+            mine = entry["worker"] == me and field not in active
+            if mine and now < max(entry["since"], entry.get("retry_at", 0.0)) + grace_s:
+                continue
+            if not mine and self.alive(entry["worker"]):
+                continue
+            if self._takeover(keys=[RUNNING], args=[field, value, entry["worker"], "1" if mine else "0"]) == 1:
                 yield field, entry
 
     def lock(self, name: str, timeout: int = 900) -> Any:
@@ -234,6 +294,24 @@ class JobStore:
     def done(self, out_dir: Path, key: VersionKey, videos: list[Path]) -> list[bool]:
         """For each video, whether it has an `ok` record of `key` in `out_dir` (call `ensure_index` first)."""
         return self.index.done(out_dir, key, videos)
+
+
+def parse_entry(value: str) -> dict[str, Any] | None:
+    """A `captioner:running` entry, or None when it is not one the service wrote."""
+    try:
+        entry = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("worker"), str):
+        return None
+    if not isinstance(entry.get("since"), (int, float)) or not isinstance(entry.get("args"), list):
+        return None
+    if not isinstance(entry.get("retry_at", 0.0), (int, float)):
+        return None
+    if not isinstance(entry.get("queue", ""), str) or not isinstance(entry.get("host", ""), str):
+        return None
+    entry.setdefault("host", "?")
+    return entry
 
 
 def _text(value: Any) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +19,7 @@ from captioner.prompts import PromptError, check_prompt_ref, load_prompt
 from captioner.service.celery_app import CHUNK_PRIORITY, CHUNK_TASK, app_for
 from captioner.service.chunks import chunk_size
 from captioner.service.errors import SubmitError
+from captioner.service.message import new_job_id
 from captioner.service.store import JobStore
 from captioner.sources import Found, SourceError, check_folder, find_videos, video_id
 
@@ -83,6 +83,22 @@ def check_videos(videos: list[Path], roots: list[Path]) -> None:
         allowed_path(folder, roots, "video")
 
 
+def check_writable(out_dir: Path) -> None:
+    """SubmitError unless `out_dir` is a folder this process can write, or can be made in one.
+
+    Checked before queueing so that a read-only mount (in the compose setup, a folder under the
+    videos mount) is refused at once rather than failing every chunk on the workers.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SubmitError(f"{out_dir}: output is not a folder")
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is read-only or not writable" if existing == out_dir else f"cannot be made: {existing} is not writable"
+        raise SubmitError(f"{out_dir}: the output folder {why}")
+
+
 def check_submission(folders: list[Path], out: Path, settings: Settings) -> tuple[list[Path], Path, Found]:
     """Check the folders and the output folder; return them made absolute and the videos found.
 
@@ -102,9 +118,8 @@ def check_submission(folders: list[Path], out: Path, settings: Settings) -> tupl
         except SourceError as exc:
             raise SubmitError(str(exc)) from None
         checked.append(absolute)
-    out_dir = allowed_path(Path(out), roots, "output")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SubmitError(f"{out}: output is not a folder")
+    out_dir = allowed_path(Path(out), settings.writable_roots, "output")
+    check_writable(out_dir)
     if video_id(out_dir) != str(out_dir):  # job state and task messages carry it as text
         raise SubmitError(f"{video_id(out_dir)}: the output folder's name must be valid UTF-8")
     found = find_videos(checked, settings.settle_seconds)
@@ -162,7 +177,7 @@ def enqueue(
     `left_out` counts what discovery left out (`ignored`, `settling`) in the job's status.
     A job without videos has no chunk to finish it: the caller finishes it (`jobs.finish_job`).
     """
-    job_id = uuid.uuid4().hex
+    job_id = new_job_id()
     size = chunk_size(settings)
     chunks = [[str(v) for v in videos[i : i + size]] for i in range(0, len(videos), size)]
     store.create(

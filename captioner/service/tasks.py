@@ -15,9 +15,11 @@ from celery import shared_task, signals
 from captioner.config import Settings
 from captioner.service.celery_app import CHUNK_TASK, NIGHTLY_TASK
 from captioner.service.chunk import run_chunk
-from captioner.service.errors import RetryChunk
-from captioner.service.jobs import nightly
+from captioner.service.errors import ChunkBusy, RetryChunk
+from captioner.service.nightly import nightly
 from captioner.service.runtime import WorkerRuntime
+
+BUSY_WAIT_S = 20  # a duplicate delivery of a running chunk looks again this much later
 
 _runtime: WorkerRuntime | None = None
 _made = threading.Lock()
@@ -60,18 +62,17 @@ def _close(**_: Any) -> None:
     acks_late=True,
     reject_on_worker_lost=True,
 )
-def caption_chunk(self: Any, job_id: str, index: int, videos: list[str], out: str, options: dict) -> dict:
-    """Caption chunk `index` of job `job_id` (see `captioner.service.chunk.run_chunk`)."""
-    return run_chunk(
-        runtime(),
-        job_id,
-        index,
-        videos,
-        out,
-        options,
-        host=self.request.hostname or "worker",
-        last_attempt=self.request.retries >= self.max_retries,
-    )
+def caption_chunk(self: Any, *args: Any, **kwargs: Any) -> dict:
+    """Caption a chunk: (JOB_ID, INDEX, VIDEOS, OUT, OPTIONS), checked by `captioner.service.chunk.run_chunk`."""
+    try:
+        return run_chunk(
+            runtime(), *args, host=self.request.hostname or "worker",
+            last_attempt=self.request.retries >= self.max_retries, **kwargs,
+        )  # fmt: skip
+    except ChunkBusy as exc:
+        # A duplicate delivery waits its turn without using up the chunk's retries.
+        self.signature_from_request(countdown=BUSY_WAIT_S, retries=self.request.retries).apply_async()
+        return {"busy": str(exc)}
 
 
 @shared_task(name=NIGHTLY_TASK)

@@ -89,7 +89,7 @@ def train(
 
 def _model_inputs(settings: Settings) -> tuple[str, RenderedPrompt, FrameSpec]:
     """The base model's folder, the rendered prompt and the frames it trains on, as `captioner run` would use them."""
-    from captioner.planning import model_facts
+    from captioner.planning import frame_spec_for, model_facts
     from captioner.tiers import resolve_profile
 
     try:
@@ -99,7 +99,7 @@ def _model_inputs(settings: Settings) -> tuple[str, RenderedPrompt, FrameSpec]:
     if getattr(hf_config, "model_type", None) != "llava_next_video":
         raise TrainError(f"{model_dir}: not a LLaVA-NeXT-Video checkpoint (model_type {hf_config.model_type!r})")
     frames = settings.frames or resolve_profile(settings.tier, settings.profile).frames
-    return model_dir, prompt, FrameSpec(frames, hf_config.vision_config.image_size, settings.keyframe_tolerance)
+    return model_dir, prompt, frame_spec_for(settings, frames, hf_config.vision_config.image_size)
 
 
 def _pairings(config: TrainConfig) -> tuple[Pairing, Pairing | None]:

@@ -169,7 +169,7 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return (*sources, file_secret_settings)
 
-    @field_validator("allowed_roots", "nightly_folders", mode="before")
+    @field_validator("allowed_roots", "output_roots", "nightly_folders", mode="before")
     @classmethod
     def _split_paths(cls, value: Any) -> Any:
         if isinstance(value, str):  # from the environment: "/a:/b"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from pathlib import Path
+
+import pytest
 
 from captioner.records import CaptionRecord, RecordWriter, VersionKey, compact, latest_by_video, read_records
 
@@ -118,3 +121,65 @@ def test_version_key_is_one_type_with_a_stable_digest():
     assert key.digest() == VersionKey.of(record).digest() and len(key.digest()) == 16
     assert key != VersionKey.of({**record, "prompt": {"name": "p", "version": 2, "sha": "x"}})
     assert key.label() == "m | no adapter | prompt p@1"
+
+
+def test_replaced_files_keep_the_mode_the_umask_gives(tmp_path):
+    """Summaries, merged parts, a compacted captions file and exports stay readable by the folder's other users."""
+    from captioner.records import PartWriter, merge_parts, write_atomic, write_summary
+    from captioner.records.export import export
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "out"
+        with RecordWriter(out / "captions.jsonl") as writer:
+            writer.write(make("/v/a.mp4"))
+            writer.write(make("/v/a.mp4", caption="다시 쓴 캡션."))
+        compact(out / "captions.jsonl")
+        part = PartWriter(out, "0123456789abcdef0123456789abcdef", 0)
+        part.write(make("/v/b.mp4"))
+        part.publish()
+        merge_parts(out, "0123456789abcdef0123456789abcdef")
+        write_summary(out, {"videos": 2})
+        made = [out / "captions.jsonl", out / "summary.json", write_atomic(tmp_path / "x.txt", "가")]
+        made += list((out / "parts").glob("*.jsonl"))
+        made.append(export(out, "csv", tmp_path / "table.csv").path)
+    finally:
+        os.umask(old)
+    assert len(made) == 5
+    assert {path.name: oct(path.stat().st_mode & 0o777) for path in made} == {p.name: "0o644" for p in made}
+
+
+def test_a_full_disk_leaves_whole_lines_and_no_temp_files(tmp_path):
+    """On a file system that fills up, a record is written whole or not at all, and later records are
+    never glued onto a torn one; a failed atomic replace leaves the old file and no temporary file."""
+    import subprocess
+
+    from captioner.records import write_atomic
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        summary = write_atomic(disk / "summary.json", "{}")
+        path = disk / "captions.jsonl"
+        written = 0
+        with RecordWriter(path) as writer:
+            with pytest.raises(OSError):
+                while True:
+                    writer.write(make(f"/v/{written}.mp4", caption="가" * 900))
+                    written += 1
+        assert written > 0
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        assert len(lines) == written and all(line.endswith("\n") for line in lines)
+        with pytest.raises(OSError):
+            write_atomic(summary, "x" * 200_000)
+        assert summary.read_text() == "{}" and sorted(p.name for p in disk.iterdir()) == ["captions.jsonl",
+                                                                                         "summary.json"]  # fmt: skip
+        (disk / "captions.jsonl").unlink()  # space again: writing goes on cleanly
+        with RecordWriter(path) as writer:
+            writer.write(make("/v/after.mp4"))
+        assert [json.loads(line)["video"] for line in path.read_text(encoding="utf-8").splitlines()] == ["/v/after.mp4"]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

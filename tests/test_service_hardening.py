@@ -173,9 +173,28 @@ def test_submit_refuses_an_output_folder_it_cannot_write(svc, root, env):
         result = subprocess.run([*CLI, "submit", str(folder), "--out", str(locked / "new")], env=env,
                                 capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2 and "cannot be made" in result.stderr and str(locked) in result.stderr
-    compose = svc.model_copy(update=dict(output_roots=[root / "outputs"]))
-    with pytest.raises(Exception, match="outside the allowed roots"):
-        submit([folder], root / "videos-mount" / "x", compose)
+
+
+def test_compose_refuses_an_output_under_the_read_only_videos_mount(env, root, store):
+    """docker/compose.yaml's own roots and mounts, moved under the test's root."""
+    from tests.compose import services
+
+    cli = services()["cli"]
+    srv = "/srv/captioner"
+    moved = lambda value: value.replace(srv, str(root / "srv"))  # noqa: E731
+    read_only_mounts = [v.split(":")[-2] for v in cli["volumes"] if v.endswith(":ro")]
+    videos = Path(moved(next(m for m in read_only_mounts if m.startswith(srv))))
+    clips(videos / "batch", 1)
+    compose_env = dict(env, CAPTIONER_ALLOWED_ROOTS=moved(cli["environment"]["CAPTIONER_ALLOWED_ROOTS"]),
+                       CAPTIONER_OUTPUT_ROOTS=moved(cli["environment"]["CAPTIONER_OUTPUT_ROOTS"]))  # fmt: skip
+    command = [*CLI, "submit", str(videos / "batch"), "--out"]
+    refused = subprocess.run([*command, str(videos / "captions")], env=compose_env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "outside the allowed roots" in refused.stderr, refused.stderr
+    outputs = Path(compose_env["CAPTIONER_OUTPUT_ROOTS"])
+    queued = subprocess.run([*command, str(outputs / "batch")], env=dict(compose_env, CAPTIONER_QUEUE="nobody-reads"),
+                            capture_output=True, text=True)  # fmt: skip
+    assert queued.returncode == 0, queued.stderr
+    store.finish(queued.stdout.strip(), "cancelled")
 
 
 def queue_past_submit(store: JobStore, svc: Settings, folder: Path, out: Path) -> str:

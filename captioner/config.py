@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
@@ -21,6 +21,9 @@ from pydantic_settings import (
 )
 
 from captioner.prompts import DEFAULT_PROMPTS_DIR
+
+if TYPE_CHECKING:
+    from captioner.windows import WindowPolicy
 
 DEMO = "demo"  # --model demo / --adapter demo: the built-in random-weight checkpoint
 
@@ -82,6 +85,13 @@ class Settings(BaseSettings):
     sampling: Literal["default", "deterministic"] = "default"
     seed: int = 0
     decode_timeout: float = Field(60.0, gt=0, description="Seconds before a clip's decoder process is killed.")
+    # A file without an index (MPEG-TS, raw streams) is probed by reading every packet: bounded here.
+    probe_max_bytes: int = Field(
+        512 * 1024 * 1024, gt=0, description="Bytes the packet scan of a file without an index may read."
+    )
+    probe_max_seconds: float = Field(
+        20.0, gt=0, description="Seconds the packet scan of a file without an index may take."
+    )
     # Caps decided from a clip's probe, before decoding (defaults as in captioner/frames/decode.py).
     max_display_pixels: int = Field(
         7680 * 4320, gt=0, description="Pixels a frame may have as shown (or as coded, if larger); default 8K UHD."
@@ -98,6 +108,13 @@ class Settings(BaseSettings):
         0.25, ge=0, le=0.5, description="A target frame is served by its nearest keyframe within this share of a "
         "segment (cheaper to decode); 0 = exact frames."
     )
+    windows: str = Field(
+        "auto", description="How files are cut into windows captioned apart: auto (files longer than "
+        "window_auto_max_s get fixed windows of window_seconds), none (one caption per file), "
+        "fixed:SECONDS[:OVERLAP], or shots."
+    )
+    window_auto_max_s: float = Field(60.0, ge=0, description="--windows auto: files up to this length get one caption.")
+    window_seconds: float = Field(30.0, gt=0, description="--windows auto and shots: the length of a fixed window.")
     settle_seconds: float = Field(
         60.0, ge=0, description="Files modified more recently than this may still be copying: nightly and queued "
         "jobs leave them for the next run, `captioner run` warns (or waits with --wait-settled)."
@@ -185,6 +202,18 @@ class Settings(BaseSettings):
             raise ValueError(f"tier {value!r} is now {RENAMED_TIERS[value]}")
         return value
 
+    @field_validator("windows")
+    @classmethod
+    def _known_windows(cls, value: str) -> str:
+        from captioner.errors import ConfigError
+        from captioner.windows import WindowPolicy
+
+        try:
+            WindowPolicy.parse(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @field_validator("adapter", mode="before")
     @classmethod
     def _no_adapter(cls, value: Any) -> Any:
@@ -229,6 +258,12 @@ class Settings(BaseSettings):
     def writable_roots(self) -> list[Path]:
         """Where output folders may be: `output_roots`, else `allowed_roots`."""
         return self.output_roots or self.allowed_roots
+
+    def window_policy(self) -> WindowPolicy:
+        """The windows policy in force (`windows` with its auto threshold and window length)."""
+        from captioner.windows import WindowPolicy
+
+        return WindowPolicy.parse(self.windows, self.window_auto_max_s, self.window_seconds)
 
     @property
     def uses_demo(self) -> bool:

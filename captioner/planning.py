@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from captioner.prompts import PromptError, RenderedPrompt, check_budget, load_pr
 from captioner.records import Provenance, VersionKey
 from captioner.sizing import ModelShape, Sizing, SizingError, concurrency, disagreement_warning, size
 from captioner.tiers import TierProfile, cuda_device, resolve_profile
+from captioner.windows import WindowPolicy
 
 if TYPE_CHECKING:
     from captioner.engine.vllm_engine import CaptionEngine
@@ -49,6 +50,7 @@ class Plan:
     prompt_tokens: int
     shape: ModelShape  # what the KV cache arithmetic reads from the model's config
     sizing: Sizing  # the KV cache and clips in flight; `profile` carries its max_num_seqs and batch_size
+    windows: WindowPolicy = field(default_factory=WindowPolicy)  # how files are cut into windows captioned apart
 
     def made(self, adapter: Adapter | None = None) -> Provenance:
         """How `adapter`'s captions (default: the first adapter's) are made in this plan: what its records carry."""
@@ -95,7 +97,8 @@ def frame_spec_for(settings: Settings, frames: int, frame_size: int) -> FrameSpe
     """`frames` frames of short side `frame_size`, with the settings' keyframe tolerance and caps."""
     s = settings
     return FrameSpec(frames, frame_size, s.keyframe_tolerance, max_display_pixels=s.max_display_pixels,
-                     max_aspect=s.max_aspect, max_frames=s.max_frames, decoder_memory_mb=s.decoder_memory_mb)
+                     max_aspect=s.max_aspect, max_frames=s.max_frames, decoder_memory_mb=s.decoder_memory_mb,
+                     probe_max_bytes=s.probe_max_bytes, probe_max_seconds=s.probe_max_seconds)
 
 
 def resolve_model(settings: Settings) -> str:
@@ -214,6 +217,7 @@ def make_plan(settings: Settings) -> Plan:
         prompt_tokens=prompt_tokens,
         shape=shape,
         sizing=sizing,
+        windows=settings.window_policy(),
     )
 
 

@@ -39,7 +39,12 @@ def plan(settings):
 
 @pytest.fixture(scope="session")
 def engine(plan):
-    """The real vLLM engine on the demo checkpoint with its LoRA adapter, loaded once."""
+    """The real vLLM engine on the demo checkpoint with its LoRA adapter, loaded once.
+
+    Modules that build an engine of their own (`test_train`) tear down vLLM's process-wide
+    parallel state when theirs goes, so modules using this one must run before them
+    (pytest runs files in name order: `test_pipeline_windows` before `test_train`).
+    """
     from captioner.planning import load_engine
 
     return load_engine(plan)

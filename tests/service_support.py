@@ -68,6 +68,7 @@ class Worker:
         return samples
 
     def wait_ready(self, timeout: float = 240) -> None:
+        """Wait until the worker logs that it is ready; fail with its log when it exits or takes too long."""
         deadline = time.monotonic() + timeout
         while f"{self.name} ready." not in self.log.read_text(errors="replace"):
             assert self.proc.poll() is None, f"worker {self.name} exited:\n{self.log.read_text()[-3000:]}"
@@ -80,6 +81,7 @@ class Worker:
         self.proc.wait(30)
 
     def stop(self) -> None:
+        """SIGKILL the worker's whole process group (its decoder processes too)."""
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -88,6 +90,7 @@ class Worker:
 
 
 def wait_job(store: JobStore, job_id: str, timeout: float = 180, states=("done", "cancelled", "failed")) -> dict:
+    """The job's status once it is in one of `states`; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         current = status(store, job_id)
@@ -115,6 +118,7 @@ def worker_environment(home: Path, server: RedisServer, root: Path, **settings: 
 
 
 def clips(folder: Path, n: int) -> list[Path]:
+    """`n` small demo clips in `folder`, dated as settled."""
     return [settled(clip) for clip in sorted(write_clips(folder, n, seconds=1, fps=10, width=128, height=72))]
 
 

@@ -29,12 +29,13 @@ def run(home, tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict[str, 
     clips = tmp / "clips"
     # Own clips (taken as they are): 4 s at 12 fps and 8 frames put every target on an odd frame,
     # between two keyframes (one every 2 frames) and within the tolerance of both: the default
-    # decodes keyframes alone, exact frames need decord.
+    # decodes keyframes alone, exact frames need PyAV from the keyframe before them.
     write_clips(clips, 3, seconds=4, fps=12, width=320, height=180, keyframe_interval=2)
     out = tmp / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "captioner.cli", "bench", "--out", str(out), "--adapter", "demo", "--tier", "cpu",
-         "--clips", "3", "--naive-clips", "1", "--memory-clips", "4", "--clips-dir", str(clips)],
+         "--clips", "3", "--naive-clips", "1", "--memory-clips", "4", "--clips-dir", str(clips),
+         "--hour-lengths", "none"],
         capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -89,9 +90,49 @@ def test_bench_frame_stage_both_ways(run):
     assert bench["decode_cores_per_engine"] == pytest.approx(cpu["default"] * bench["engine_only_videos_per_s"],
                                                              rel=1e-2, abs=2e-4)
     # Keyframes within the tolerance served every target; the exact frames lie between keyframes.
-    assert own["decoders"] == {"default": {"pyav-keyframes": 3}, "exact": {"decord": 3}}
+    assert own["decoders"] == {"default": {"pyav-keyframes": 3}, "exact": {"pyav": 3}}
+    # decord, measured on the same frames: it reads the exact ones; the keyframes are the same reader's.
+    readers = own["reader_cpu_s_per_clip"]
+    assert readers["exact"]["decoders_decord"] == {"decord": 3} and readers["exact"]["clips_between_keyframes"] == 3
+    assert readers["default"]["clips_between_keyframes"] == 0 and readers["exact"]["pyav"] == cpu["exact"]
+    assert bench["per_hour"] is None
     per_clip = own["per_clip"]
     assert 0 < bench["frame_shift_max"] == max(c["shift_max"] for c in per_clip) <= TOLERANCE
     assert sum(c["cpu_s"]["default"] for c in per_clip) / 3 == pytest.approx(cpu["default"], abs=1e-3)
     assert all(c["keyframe_interval_s"] == pytest.approx(2 / 12, abs=1e-3) for c in per_clip)
     assert bench["targets"]["met"]["frame_shift_max"]
+
+
+def test_bench_frame_stage_per_hour(home, tmp_path):
+    """`--frame-stage-only`: the frame stage and its cost per hour of footage, no engine; tiny takes."""
+    clips = tmp_path / "clips"
+    write_clips(clips, 2, seconds=4, fps=12, width=320, height=180, keyframe_interval=6)
+    out = tmp_path / "frames.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "captioner.cli", "bench", "--out", str(out), "--adapter", "demo", "--tier", "cpu",
+         "--clips", "2", "--clips-dir", str(clips), "--frame-stage-only", "--hour-lengths", "4s,100s",
+         "--hour-windows", "2"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    bench = json.loads(out.read_text(encoding="utf-8"))
+    assert bench["frame_stage_only"] and "videos_per_s" not in bench and set(bench["sets"]) == {"own"}
+    hours = bench["per_hour"]
+    assert hours["windows_policy"] == "auto" and hours["window_auto_max_s"] == 60 and hours["window_seconds"] == 30
+    takes = hours["styles"]["own"]
+    assert set(takes) == {"4s", "100s"}
+    # Auto: 4 s is one caption; 100 s gets 30 s windows (a last one under half a window is merged).
+    assert takes["4s"]["windows"] is None and takes["4s"]["windows_measured"] == 1
+    assert takes["100s"]["windows"] == 3 and takes["100s"]["windows_measured"] == 2
+    for take in takes.values():
+        hours_of = take["seconds"] / 3600
+        assert take["cpu_s"] > 0
+        assert take["cpu_s_per_hour"] == pytest.approx(take["cpu_s"] / hours_of, rel=1e-2, abs=0.1)
+        assert take["bytes_read"] > 0
+        assert take["bytes_read_per_hour"] == pytest.approx(take["bytes_read"] / hours_of, rel=1e-3)
+        assert take["bytes_read_share"] == pytest.approx(take["bytes_read"] / take["file_bytes"], rel=1e-3)
+        assert 0 <= take["frame_shift_max"] <= TOLERANCE
+    assert takes["100s"]["seconds"] == pytest.approx(100, abs=1)
+    # Targets of the frame stage only; no 2-hour take, so no bytes target.
+    assert set(bench["targets"]["met"]) == {"keyframe_decode_speedup", "frame_shift_max"}
+    assert "per hour, own footage 100s" in result.stdout and "3 windows (2 measured)" in result.stdout

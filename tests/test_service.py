@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 
+from captioner.bench.lifetime import die_with_parent
 from captioner.config import Settings
 from captioner.demo.scenes import write_clip, write_clips
 from captioner.records import dataset_files, read_output, read_records
@@ -115,7 +116,7 @@ def beat(worker_env, tmp_path_factory):
                CAPTIONER_HOME=str(beat_home))  # fmt: skip
     log = beat_home / "beat.log"
     proc = subprocess.Popen([*CLI, *captioner_args("beat")], env=env, stdout=log.open("a"), stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=True, preexec_fn=die_with_parent())  # fmt: skip
     yield proc, log
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(30)

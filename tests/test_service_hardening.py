@@ -119,6 +119,7 @@ def test_hostile_messages_are_refused_and_stall_nothing(workers, store, svc, roo
     out = root / "hostile-out"
     job_id = submit([folder], out, svc)
     app = app_for(svc)
+    options = json.loads(store.get(job_id)["options"])
     for args in (
         [escape, 0, [str(videos[0])], str(victim), {}],  # a path for a job id
         [job_id, 0, [123], str(out), {}],  # wrong types
@@ -127,6 +128,7 @@ def test_hostile_messages_are_refused_and_stall_nothing(workers, store, svc, roo
         [job_id, 99, [str(videos[0])], str(out), {}],  # a chunk the job does not have
         [job_id, 0, [str(videos[0])]],  # too few arguments
         [planted, 0, [str(videos[0])], str(outside / "planted-out"), {}],  # a job outside the roots
+        [job_id, 0, [str(videos[4])], str(out), options],  # a forged chunk: a real index, other videos
     ):
         app.send_task(CHUNK_TASK, args=args, queue=QUEUE)
     final = wait_job(store, job_id, timeout=120)
@@ -139,7 +141,8 @@ def test_hostile_messages_are_refused_and_stall_nothing(workers, store, svc, roo
     logs = "".join(log.read_text(errors="replace") for log in workers)
     for reason in ("job_id: String should match pattern", "videos.0: Input should be a valid string",
                    "index: Input should be a valid integer", "its output folder is not the job's",
-                   "chunk 99 of a job of 2 chunks", "out: Field required"):  # fmt: skip
+                   "chunk 99 of a job of 2 chunks", "out: Field required",
+                   "its videos are not those of the job's chunk 0"):  # fmt: skip
         assert reason in logs, reason
     # The heartbeats' finisher ignores (and forgets) a planted id that is not a job id.
     finish_settled(store, [root], lambda options: {})

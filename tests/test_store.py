@@ -168,3 +168,33 @@ def test_a_dead_workers_chunk_is_taken_over_exactly_once(store):
     assert list(store.orphans()) == [] and set(store.running("job")) == {"job:0"}
     store.redis.delete("captioner:alive:alive")
     assert [field for field, _ in store.orphans()] == ["job:0"]
+
+
+def test_a_chunk_stranded_among_unacknowledged_messages_is_taken_once(store):
+    """A delivered chunk message whose worker lost Redis before putting it back (kombu's `unacked`
+    hash): found when no worker runs it, taken out once, and left alone while its chunk runs."""
+    import base64
+    import json as json_
+
+    from captioner.service.celery_app import CHUNK_TASK
+    from captioner.service.unacked import UNACKED, UNACKED_INDEX, stranded_chunks
+
+    job = uuid.uuid4().hex
+    store.create(job, {"state": "running", "chunks": 3})
+
+    def deliver(tag: str, index: int, age_s: float) -> None:
+        body = base64.b64encode(json_.dumps([[job, index, ["/v/a.mp4"], "/o", {}], {}, {}]).encode()).decode()
+        payload = {"body": body, "headers": {"task": CHUNK_TASK}, "properties": {"body_encoding": "base64"}}
+        store.redis.hset(UNACKED, tag, json_.dumps([payload, "", "captioner"]))
+        store.redis.zadd(UNACKED_INDEX, {tag: time.time() - age_s})
+
+    deliver("t0", 0, 600)  # stranded
+    deliver("t1", 1, 600)  # its chunk runs on a worker
+    deliver("t2", 2, 5)  # delivered just now: about to start
+    store.start_chunk(job, 1, "w", "h", "q", [job, 1])
+    store.redis.hset(UNACKED, "t3", "not a message")
+    store.redis.zadd(UNACKED_INDEX, {"t3": 0})
+    found = [(m.index, queue) for m, queue in stranded_chunks(store.redis, store, min_age_s=60)]
+    assert found == [(0, "captioner")]
+    assert list(stranded_chunks(store.redis, store, min_age_s=60)) == []  # taken out: once
+    assert set(store.redis.hkeys(UNACKED)) == {"t1", "t2", "t3"}

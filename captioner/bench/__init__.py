@@ -17,6 +17,10 @@ has). A folder of one's own footage is one set instead, "own".
 
 Engine, end to end, naive and memory run on the headline set (camera-style, or own footage): the
 web-style set is measured in the frame stage only, its figures reported as they come.
+
+Last, the frame stage per hour of footage (`hours.py`): takes of 10 s, 10 min and 2 h copied from
+one clip of each set, at the default windows. `frame_stage_only` skips the engine, end to end,
+naive and memory measurements (no engine is loaded).
 """
 
 
@@ -25,12 +29,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from captioner.bench.clips import SET_LABELS, bench_clips
+from captioner.bench.clips import SET_LABELS, bench_clips, hour_sources
 from captioner.bench.common import in_child_process
 from captioner.bench.engine_runs import measure_loaded_engine, time_fresh_engine
 from captioner.bench.frame_stage import FrameStage, measure_frame_stage
+from captioner.bench.hours import LENGTHS, MAX_WINDOWS, measure_hours
 from captioner.bench.naive import measure_naive
-from captioner.bench.results import bench_result, table
+from captioner.bench.results import bench_result, frame_result, table
 from captioner.bench.targets import TARGET_NOTES, TARGETS, check_targets
 from captioner.planning import make_plan
 
@@ -44,8 +49,13 @@ def run_bench(
     memory_clips: int = 1000,
     clips_dir: Path | None = None,
     log: Callable[[str], Any] = print,
+    frame_stage_only: bool = False,
+    hour_lengths: dict[str, float] | None = LENGTHS,
+    hour_windows: int = MAX_WINDOWS,
 ) -> dict[str, Any]:
-    """Run every measurement and return the results (see the module docstring). `clips` is per set."""
+    """Run every measurement and return the results (see the module docstring). `clips` is per set;
+    `hour_lengths` the takes per hour of footage (None or empty: none), `hour_windows` the windows
+    measured per take at most."""
     # Greedy decoding in every measurement, so both sides produce the same number of tokens.
     settings = settings.model_copy(update={"sampling": "deterministic"})
     plan = make_plan(settings)
@@ -59,6 +69,13 @@ def run_bench(
         log(f"frame stage, {SET_LABELS[name]}: tolerance {plan.frame_spec.tolerance:g} and exact frames"
             + (", then full size + resize" if name == headline else ""))
         stages[name] = measure_frame_stage(plan, paths, with_resize=name == headline)
+    per_hour = None
+    if hour_lengths:
+        per_hour = measure_hours(plan, folder / "takes", hour_sources(sets), hour_windows, hour_lengths, log)
+    if frame_stage_only:
+        result = frame_result(plan, stages, headline, per_hour)
+        result["targets"] = check_targets(result)
+        return result
 
     paths = sets[headline]
     frames = [clip.frames for clip in stages[headline].default.clips]
@@ -69,5 +86,6 @@ def run_bench(
     runs = measure_loaded_engine(plan, frames, paths, memory_clips, log)
 
     result = bench_result(plan, stages, headline, engine_off, naive, runs)
+    result["per_hour"] = per_hour
     result["targets"] = check_targets(result)
     return result

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from captioner.captioning import CaptionStats, caption_videos
+from captioner.windows import Clip
 from captioner.planning import Plan, engine_concurrency, load_engine, make_plan
 from captioner.records import CAPTIONS_FILE, RecordWriter
 
@@ -77,7 +78,8 @@ def _end_to_end(plan: Plan, engine: Any, clips: list[Path], out_dir: Path) -> Ca
     """The real pipeline (`caption_videos`) on `clips` with the engine already loaded."""
     stats = CaptionStats(videos=len(clips))
     with RecordWriter(out_dir / CAPTIONS_FILE) as writer:
-        caption_videos(clips, writer, plan, lambda: engine, stats)
+        # Whole-file clips, repeats included: paths would be planned once each (the long run cycles).
+        caption_videos([Clip(path) for path in clips], writer, plan, lambda: engine, stats)
     return stats
 
 

@@ -98,22 +98,23 @@ def unmount(folder: Path) -> None:
 
 def hostile_messages(job_id: str, chunks: int, round_: int, layout: Layout, video: str,
                      options: dict[str, Any]) -> list[tuple[str, list[Any]]]:
-    """(case, task arguments) of one round of hostile chunk messages for job `job_id`.
+    """(case, task arguments) of one round of hostile chunk messages for job `job_id` of `chunks` chunks.
 
-    Chunk indexes past the job's own (`chunks`), so a message that gets through shows as a chunk
-    the job never had rather than replacing one of its real chunks.
+    Most name the job's last chunk, likely still queued: a message taken for it would replace the
+    real chunk's work (its videos would then lack a record), which the end state shows.
     """
-    index = chunks + 1000 + 10 * round_
+    last = chunks - 1
     out = str(layout.out)
     outside_clip = str(layout.outside / "clip.mp4")
     return [
         ("job id climbing out of the output folder", [VICTIM, 0, [video], out, options]),
         ("job that does not exist", [uuid.uuid4().hex, 0, [video], out, options]),
-        ("output folder outside the roots", [job_id, index, [video], str(layout.outside_out), options]),
-        ("video outside the roots", [job_id, index + 1, [outside_clip], out, options]),
-        ("videos of the wrong type", [job_id, index + 2, [123], out, options]),
+        ("output folder outside the roots", [job_id, last, [video], str(layout.outside_out), options]),
+        ("video outside the roots", [job_id, last, [outside_clip], out, options]),
+        ("videos of the wrong type", [job_id, last, [123], out, options]),
         ("chunk index of the wrong type", [job_id, "x", [video], out, options]),
-        ("prompt given as a path", [job_id, index + 3, [video], out, dict(options, prompt="../../../etc/passwd")]),
+        ("chunk index past the job's chunks", [job_id, chunks + 1000 + round_, [video], out, options]),
+        ("prompt given as a path", [job_id, last, [video], out, dict(options, prompt="../../../etc/passwd")]),
     ]
 
 

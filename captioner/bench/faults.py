@@ -40,7 +40,6 @@ from captioner.bench.fleet import (
     make_links,
     queued,
     source_clip,
-    wait_alive,
     worker_env,
 )
 from captioner.bench.lifetime import terminate_as_exit
@@ -67,7 +66,7 @@ class Fault:
 
 
 def random_schedule(rng: random.Random, kinds: list[str], per_kind: int, window: tuple[float, float]) -> list[Fault]:
-    """`per_kind` faults of each kind at uniformly random moments in `window`, each held `HOLD_S`."""
+    """`per_kind` faults of each kind at uniformly random moments in `window`, each held `HOLD_S` (hostile: 0)."""
     faults = [Fault(round(rng.uniform(*window), 1), kind, round(rng.uniform(*HOLD_S), 1) if kind != "hostile" else 0)
               for kind in kinds for _ in range(per_kind)]  # fmt: skip
     return sorted(faults)
@@ -158,13 +157,14 @@ def fill(out: Path, fault: Fault) -> Callable[[], None]:
 
 def send_hostile(rig: Rig, fault: Fault) -> None:
     """Push one round of hostile chunk messages into the job's queue."""
-    from captioner.service.celery_app import CHUNK_PRIORITY, CHUNK_TASK, app_for
+    from captioner.service.celery_app import CHUNK_TASK, RECOVERED_PRIORITY, app_for
 
     app = app_for(rig.settings)
     round_ = sum(1 for sent in rig.hostile if sent["case"].startswith("job id"))
     messages = hostile_messages(rig.job_id, rig.chunks, round_, rig.layout, rig.video, rig.options)
     for case, args in messages:
-        app.send_task(CHUNK_TASK, args=args, queue=QUEUE, priority=CHUNK_PRIORITY)
+        # Ahead of the job's own chunks, as a resent chunk goes: whoever forges a message picks its priority too.
+        app.send_task(CHUNK_TASK, args=args, queue=QUEUE, priority=RECOVERED_PRIORITY)
         rig.hostile.append({"case": case, "args": args})
     fault.detail = f"{len(messages)} messages"
 
@@ -320,7 +320,7 @@ def run_rig(rig: Rig, jobs: list[Path], schedule: list[Fault], workers: int, sec
         server.start()
         for i in range(1, workers + 1):
             fleet.start(f"fault-w{i}@%h", [*STAND_IN_WORKER, f"fault-w{i}@%h", str(seconds_per_clip)])
-        wait_alive(server.client, workers)
+        wait_workers(rig, workers)
         result = run_job(rig, jobs, schedule, stall_s, log=log)
         result["end_state"] = end_state(server.client, QUEUE, layout, jobs, outside_before)
         result["why_not"] = why_not
@@ -330,6 +330,20 @@ def run_rig(rig: Rig, jobs: list[Path], schedule: list[Fault], workers: int, sec
         server.stop()
         unmount(layout.out)
     return result
+
+
+def wait_workers(rig: Rig, count: int, timeout: float = 300) -> None:
+    """Wait for `count` heartbeats; a worker that exits meanwhile, or the timeout, raises with the logs' tails."""
+    deadline = time.monotonic() + timeout
+    while len(rig.server.client.keys("captioner:alive:*")) < count:
+        exited = rig.workers.exited()
+        if exited or time.monotonic() > deadline:
+            names = list(exited) or list(rig.workers.procs)
+            tails = "\n".join(f"--- {name}:\n{rig.workers.log(name).read_text(errors='replace')[-3000:]}"
+                              for name in names)  # fmt: skip
+            why = f"exited ({exited})" if exited else f"not up after {timeout:g} s"
+            raise RuntimeError(f"stand-in workers {why}:\n{tails}")
+        time.sleep(0.5)
 
 
 def run_job(rig: Rig, videos: list[Path], schedule: list[Fault], stall_s: float,
@@ -373,6 +387,7 @@ def describe(rig: Rig, videos: int, chunk: int, workers: int, seconds_per_clip: 
     return {
         "videos": videos, "chunk_size": chunk, "chunks": rig.chunks, "workers": workers,
         "seconds_per_clip": seconds_per_clip, "seed": seed, "host": socket.gethostname(),
+        "fault_free_estimate_s": round(videos * seconds_per_clip / workers, 1),  # the stand-in engine's time alone
         "stand_ins": {"engine": STAND_IN_ENGINE, "decoder": STAND_IN_DECODER},
         "worker_settings": WORKER_SETTINGS,
         "redis": "a redis-server of the benchmark's own: --appendonly yes --appendfsync always",

@@ -60,12 +60,14 @@ class DecodePass:
 
 @dataclass
 class FrameStage:
-    """The frame stage on one set: default tolerance, exact frames, and (headline set) full size + resize."""
+    """The frame stage on one set: default tolerance, exact frames, the same through decord (the reader
+    of earlier versions for frames between keyframes), and (headline set) full size + resize."""
 
     paths: list[Path]
     default: DecodePass
     exact: DecodePass
     full_then_resize: DecodePass | None = None
+    decord: dict[str, DecodePass] | None = None  # "default", "exact": the same specs with reader="decord"
 
 
 def _decode_all(plan: Plan, clips: list[Path], spec: FrameSpec,
@@ -88,6 +90,9 @@ def measure_frame_stage(plan: Plan, paths: list[Path], with_resize: bool) -> Fra
     spec = plan.frame_spec
     exact = dataclasses.replace(spec, tolerance=0.0)
     stage = FrameStage(paths, _decode_all(plan, paths, spec), _decode_all(plan, paths, exact))
+    # The readers measured against each other on the same frames: decord keeps its place only where it wins.
+    stage.decord = {name: _decode_all(plan, paths, dataclasses.replace(way, reader="decord"))
+                    for name, way in (("default", spec), ("exact", exact))}
     if with_resize:
         stage.full_then_resize = _decode_all(plan, paths, spec, decode=_decode_full_then_resize)
     return stage
@@ -97,8 +102,9 @@ def _cpu_per_clip(decoded: DecodePass) -> float:
     return sum(clip.cpu_s for clip in decoded.clips) / len(decoded.clips)
 
 
-def frame_figures(stage: FrameStage, engine_rate: float) -> dict[str, Any]:
-    """What the frame stage of one set costs, and what it takes to keep the engine busy with it."""
+def frame_figures(stage: FrameStage, engine_rate: float | None) -> dict[str, Any]:
+    """What the frame stage of one set costs, and what it takes to keep the engine busy with it
+    (`engine_rate` None: the engine was not measured, nor is that figure)."""
     default_cpu, exact_cpu = _cpu_per_clip(stage.default), _cpu_per_clip(stage.exact)
     figures: dict[str, Any] = {
         "clips": len(stage.paths),
@@ -109,10 +115,12 @@ def frame_figures(stage: FrameStage, engine_rate: float) -> dict[str, Any]:
         "frame_shift_max": round(max(clip.shift_max for clip in stage.default.clips), 3),
         # CPU seconds a clip costs to decode x clips the engine captions a second = the cores the
         # frame stage must have to its own for the engine never to wait for frames.
-        "decode_cores_per_engine": round(default_cpu * engine_rate, 4),
+        "decode_cores_per_engine": None if engine_rate is None else round(default_cpu * engine_rate, 4),
         "decoders": {"default": dict(Counter(c.decoder for c in stage.default.clips)),
                      "exact": dict(Counter(c.decoder for c in stage.exact.clips))},
     }
+    if stage.decord is not None:
+        figures["reader_cpu_s_per_clip"] = _reader_figures(stage.default, stage.exact, stage.decord)
     if stage.full_then_resize is not None:
         figures["decode_resize_speedup"] = round(stage.full_then_resize.seconds / stage.default.seconds, 3)
     figures["per_clip"] = [
@@ -121,3 +129,27 @@ def frame_figures(stage: FrameStage, engine_rate: float) -> dict[str, Any]:
         for path, d, e in zip(stage.paths, stage.default.clips, stage.exact.clips)
     ]
     return figures
+
+
+def _reader_figures(default: DecodePass, exact: DecodePass, decord: dict[str, DecodePass]) -> dict[str, Any]:
+    """CPU per clip with PyAV (the default) and with decord reading the frames between keyframes, both ways.
+
+    Only the clips that need frames between keyframes differ; `clips_between_keyframes` counts them.
+    """
+    out: dict[str, Any] = {}
+    for name, pyav_pass in (("default", default), ("exact", exact)):
+        decord_pass = decord[name]
+        between = [i for i, clip in enumerate(pyav_pass.clips) if clip.decoder != "pyav-keyframes"]
+        pick = lambda p: sum(p.clips[i].cpu_s for i in between) / len(between) if between else None  # noqa: E731
+        out[name] = {
+            "pyav": round(_cpu_per_clip(pyav_pass), 4),
+            "decord": round(_cpu_per_clip(decord_pass), 4),
+            "clips_between_keyframes": len(between),
+            "between_keyframes": {"pyav": _round(pick(pyav_pass)), "decord": _round(pick(decord_pass))},
+            "decoders_decord": dict(Counter(c.decoder for c in decord_pass.clips)),
+        }
+    return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

@@ -61,6 +61,26 @@ def bench_result(plan: Plan, stages: dict[str, FrameStage], headline: str, engin
     }
 
 
+def frame_result(plan: Plan, stages: dict[str, FrameStage], headline: str,
+                 per_hour: dict[str, Any] | None) -> dict[str, Any]:
+    """The frame stage alone (`--frame-stage-only`): the headline set's keys, every set, the cost per hour."""
+    sets = {name: frame_figures(stage, None) for name, stage in stages.items()}
+    head = sets[headline]
+    return {
+        "frame_stage_only": True,
+        "decode_only_videos_per_s": head["decode_only_videos_per_s"]["default"],
+        "decode_resize_speedup": head.get("decode_resize_speedup"),
+        "decode_cpu_s_per_clip": head["decode_cpu_s_per_clip"],
+        "keyframe_decode_speedup": head["keyframe_decode_speedup"],
+        "frame_shift_max": head["frame_shift_max"],
+        "headline_set": headline,
+        "sets": sets,
+        "per_hour": per_hour,
+        "settings": _settings(plan),
+        "host": _host(),
+    }
+
+
 def _memory(runs: EngineRuns) -> dict[str, float]:
     mb = lambda size: round(size / 2**20, 1)  # noqa: E731
     return {
@@ -133,6 +153,8 @@ def table(result: dict[str, Any]) -> list[tuple[str, str]]:
     met = result["targets"]["met"]
     mark = lambda *keys: "".join("" if met.get(k, True) else f"  (target {k} missed)" for k in keys)  # noqa: E731
     head = result["headline_set"]
+    if result.get("frame_stage_only"):
+        return _set_rows(result, mark) + _hour_rows(result.get("per_hour"), mark("bytes_read_share_2h"))
     rows = [
         ("end to end", f"{result['videos_per_s']} videos/s, {result['output_tokens_per_s']} output tokens/s"),
         ("decode only", f"{result['decode_only_videos_per_s']} videos/s ({SET_LABELS.get(head, head)} clips)"),
@@ -146,9 +168,7 @@ def table(result: dict[str, Any]) -> list[tuple[str, str]]:
         ("engine vs HF generate", f"{result['engine_speedup_vs_naive_generate']}x (decoding excluded)"),
         ("decode at model size", f"{result['decode_resize_speedup']}x faster than full size + resize"),
     ]
-    for name, figures in result["sets"].items():
-        rows += _frame_rows(SET_LABELS.get(name, name), figures, result["host"]["cpus"],
-                            mark("keyframe_decode_speedup", "frame_shift_max") if name == head else "")
+    rows += _set_rows(result, mark)
     flight = result["concurrency"]
     rows.append(("clips in flight", f"KV cache holds {flight['computed_clips_fit']} computed, "
                  f"{flight['vllm_clips_fit']} by vLLM; max_num_seqs {flight['max_num_seqs']}, "
@@ -157,6 +177,33 @@ def table(result: dict[str, Any]) -> list[tuple[str, str]]:
         ("memory", f"RSS {result['memory']['rss_after_warmup_mb']} -> {result['memory']['rss_final_mb']} MB "
          f"over {result['memory']['clips']} clips (growth {result['rss_growth']})" + mark("rss_growth"))
     )
+    return rows + _hour_rows(result.get("per_hour"), mark("bytes_read_share_2h"))
+
+
+def _set_rows(result: dict[str, Any], mark: Any) -> list[tuple[str, str]]:
+    """The frame-stage rows of every set, the headline set's and the web-style set's targets marked."""
+    rows: list[tuple[str, str]] = []
+    for name, figures in result["sets"].items():
+        marks = mark("keyframe_decode_speedup", "frame_shift_max") if name == result["headline_set"] else ""
+        marks += mark("keyframe_decode_speedup_web") if name == "web" else ""
+        rows += _frame_rows(SET_LABELS.get(name, name), figures, result["host"]["cpus"], marks)
+    return rows
+
+
+def _hour_rows(per_hour: dict[str, Any] | None, marks: str) -> list[tuple[str, str]]:
+    """One row per style and take length: frame-stage CPU and bytes read per hour of footage."""
+    if not per_hour:
+        return []
+    rows = []
+    for style, lengths in per_hour["styles"].items():
+        for label, take in lengths.items():
+            windows = (f"{take['windows']} windows ({take['windows_measured']} measured)" if take["windows"]
+                       else "one caption")
+            read = "bytes read not measured" if take["bytes_read"] is None else (
+                f"{take['bytes_read_per_hour'] / 1e6:,.1f} MB read/h ({take['bytes_read_share']:.2%} of the file)")
+            rows.append((f"per hour, {SET_LABELS.get(style, style)} {label}",
+                         f"{take['cpu_s_per_hour']:,} CPU s/h, {read}; {windows}"
+                         + (marks if label == "2h" else "")))
     return rows
 
 
@@ -164,10 +211,20 @@ def _frame_rows(label: str, figures: dict[str, Any], cpus: int | None, marks: st
     """The frame-stage rows of one clip set."""
     cpu, rate = figures["decode_cpu_s_per_clip"], figures["decode_only_videos_per_s"]
     decoders = ", ".join(f"{k} {v}" for k, v in sorted(figures["decoders"]["default"].items()))
-    return [
+    rows = [
         (f"decode CPU, {label}", f"{cpu['default']} s a clip (exact frames: {cpu['exact']} s); "
          f"{rate['default']} videos/s (exact: {rate['exact']})"),
         (f"keyframe speedup, {label}", f"{figures['keyframe_decode_speedup']}x (exact / default CPU), frames at "
          f"most {figures['frame_shift_max']} of a segment off; decoders: {decoders}" + marks),
-        (f"decode cores per engine, {label}", f"{figures['decode_cores_per_engine']} (this host: {cpus})"),
     ]
+    readers = figures.get("reader_cpu_s_per_clip")
+    if readers:
+        parts = [f"{way} {r['between_keyframes']['pyav']} / {r['between_keyframes']['decord']} s "
+                 f"({r['clips_between_keyframes']} clips)"
+                 for way, r in readers.items() if r["clips_between_keyframes"]]
+        rows.append((f"readers between keyframes, {label}",
+                     "CPU a clip that needs them, PyAV / decord: " + "; ".join(parts) if parts
+                     else "no clip needed frames between keyframes"))
+    if figures["decode_cores_per_engine"] is not None:
+        rows.append((f"decode cores per engine, {label}", f"{figures['decode_cores_per_engine']} (this host: {cpus})"))
+    return rows

@@ -102,7 +102,8 @@ def worker_main(argv: list[str]) -> None:
         make_decoder=lambda plan: StandInDecoder(plan.frame_spec),
     )
     runtime.start()
-    app_for(settings).worker_main(
+    tasks.run_worker(
+        app_for(settings),
         ["worker", f"--hostname={name}", f"--queues={settings.queue}", "--pool=threads",
          f"--concurrency={chunks_in_flight(settings)}", "--loglevel=WARNING"]
     )  # fmt: skip

@@ -1,7 +1,7 @@
-"""The unit of captioning work: videos decoded ahead and captioned in batches, one record per clip and adapter.
+"""The unit of captioning work: clips decoded ahead and captioned in batches, one record per clip and adapter.
 
-Both `captioner run` (writing `captions.jsonl`) and a queue worker's chunk (writing a part file)
-caption through `caption_videos`.
+A clip is a file or one window of a long take (`windows.Clip`). Both `captioner run` (writing
+`captions.jsonl`) and a queue worker's chunk (writing a part file) caption through `caption_videos`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,16 @@ from captioner.captioning.decode_ahead import DecodeAhead, Slots
 from captioner.captioning.stats import CaptionStats
 from captioner.config import Sampling
 from captioner.engine import Engine
-from captioner.frames import ClipFrames, FrameDecoder
+from captioner.frames import ClipFrames, FrameDecoder, plan_clips
 from captioner.planning import Plan
 from captioner.records import CaptionRecord, Provenance, RecordSink, caption_record, failed_record
 from captioner.sources import video_bytes
+from captioner.windows import Clip
 
 OnRecord = Callable[[CaptionRecord], None]
 OnBatch = Callable[[int], None]
+# Which adapters a clip still needs: keyed by the clip, or by its path for every clip of the file.
+Needs = Mapping[Clip | Path, tuple[Adapter, ...]]
 
 
 def warm(engine: Engine, plan: Plan) -> int:
@@ -36,12 +39,12 @@ def caption_batch(
     engine: Engine,
     plan: Plan,
     batch: list[ClipFrames],
-    adapters_of: Callable[[str], tuple[Adapter, ...]],
+    adapters_of: Callable[[ClipFrames], tuple[Adapter, ...]],
     made: Mapping[Adapter, Provenance],
     sampling: Sampling,
 ) -> dict[int, list[CaptionRecord]]:
     """One engine call for a batch of decoded clips, each with every adapter it needs; their records by clip id."""
-    requests = [(clip, adapter) for clip in batch for adapter in adapters_of(clip.video)]
+    requests = [(clip, adapter) for clip in batch for adapter in adapters_of(clip)]
     generations = engine.caption(
         [clip.frames for clip, _ in requests], plan.prompt, sampling,
         adapters=[adapter for _, adapter in requests],
@@ -53,7 +56,7 @@ def caption_batch(
 
 
 def caption_clips(
-    videos: list[Path],
+    clips: list[Clip],
     plan: Plan,
     writer: RecordSink,
     decoder: FrameDecoder,
@@ -61,9 +64,9 @@ def caption_clips(
     on_record: OnRecord = lambda record: None,
     on_batch: OnBatch = lambda clips: None,
     slots: Slots | None = None,
-    needs: Mapping[Path, tuple[Adapter, ...]] | None = None,
+    needs: Needs | None = None,
 ) -> Iterator[tuple[CaptionRecord, int]]:
-    """Decode and caption `videos`, writing one record per clip and adapter as soon as it is known.
+    """Decode and caption `clips`, writing one record per clip and adapter as soon as it is known.
 
     Yields each record with the prompt-prefix tokens the cache could have served for it.
 
@@ -74,18 +77,19 @@ def caption_clips(
     decoding wait for full batches instead (`wait_for_full_batch`). The engine is created (by
     `engine_factory`) once the first clips are decoding. `slots`: see `DecodeAhead`.
 
-    With several adapters, `needs` says which adapters each video still needs (default: all of the
-    plan's); a clip is decoded once and its frames go to the engine once per adapter, in one batch.
+    With several adapters, `needs` says which adapters each clip (or each clip of a path) still
+    needs (default: all of the plan's); a clip is decoded once and its frames go to the engine once
+    per adapter, in one batch.
     """
     # The profile's batch counts requests (clips in flight in the engine): a clip is one per adapter.
     batch_size = max(1, plan.profile.batch_size // len(plan.adapters))
-    wanted = {video_bytes(video): adapters for video, adapters in (needs or {}).items()}
+    adapters_for = needed_adapters(plan, needs)
     made = {adapter: plan.made(adapter) for adapter in plan.adapters}
 
-    def adapters_of(video: Path | str) -> tuple[Adapter, ...]:
-        return wanted.get(video_bytes(video), plan.adapters)  # by exact path bytes, as `needs` was made
+    def adapters_of(clip: ClipFrames) -> tuple[Adapter, ...]:
+        return adapters_for(clip.video, clip.window.index if clip.window else None)
 
-    ahead = DecodeAhead(videos, decoder, 2 * batch_size, slots)
+    ahead = DecodeAhead(clips, decoder, 2 * batch_size, slots)
 
     def finish(records: list[CaptionRecord]) -> list[CaptionRecord]:
         """Write one clip's records, then give back its slot."""
@@ -104,8 +108,10 @@ def caption_clips(
         at_least = batch_size if plan.profile.wait_for_full_batch else 1
         while ahead.busy:
             if ahead.in_flight:
-                for video, error in ahead.collect(block=len(ahead.ready) < at_least):
-                    for record in finish([failed_record(made[a], video, error.reason) for a in adapters_of(video)]):
+                for clip, error in ahead.collect(block=len(ahead.ready) < at_least):
+                    failed = [failed_record(made[a], clip.path, error.reason, clip.window)
+                              for a in adapters_for(clip.path, clip.index)]  # fmt: skip
+                    for record in finish(failed):
                         yield record, 0
                 ahead.top_up()
             batch = ahead.take(batch_size, at_least)
@@ -122,8 +128,28 @@ def caption_clips(
         ahead.release_all()
 
 
+def needed_adapters(plan: Plan, needs: Needs | None) -> Callable[[Path | str, int | None], tuple[Adapter, ...]]:
+    """(path, window index) -> the adapters that clip needs: from `needs` (by the clip, else its path), else all."""
+    wanted: dict[tuple[bytes, int | None] | bytes, tuple[Adapter, ...]] = {}
+    for item, adapters in (needs or {}).items():  # by exact path bytes: two names that show alike stay apart
+        wanted[(video_bytes(item.path), item.index) if isinstance(item, Clip) else video_bytes(item)] = adapters
+
+    def adapters_for(path: Path | str, index: int | None) -> tuple[Adapter, ...]:
+        identity = video_bytes(path)
+        return wanted.get((identity, index), wanted.get(identity, plan.adapters))
+
+    return adapters_for
+
+
+def decode_workers(plan: Plan, videos: list[Path] | list[Clip]) -> int:
+    """Decoder processes for `videos`: the profile's, fewer for fewer clips (a plain path may become many windows)."""
+    if plan.windows.kind != "none" and any(not isinstance(video, Clip) for video in videos):
+        return plan.profile.decode_workers
+    return max(1, min(plan.profile.decode_workers, len(videos)))
+
+
 def caption_videos(
-    videos: list[Path],
+    videos: list[Path] | list[Clip],
     writer: RecordSink,
     plan: Plan,
     engine_factory: Callable[[], Engine],
@@ -132,9 +158,13 @@ def caption_videos(
     on_batch: OnBatch = lambda clips: None,
     decoder: FrameDecoder | None = None,
     slots: Slots | None = None,
-    needs: Mapping[Path, tuple[Adapter, ...]] | None = None,
+    needs: Needs | None = None,
 ) -> CaptionStats:
     """Caption `videos` (already known to need it) into `writer`; count them in `stats`.
+
+    Each item is a `windows.Clip` (a file or one window of it), or a plain path: its windows are
+    planned here by the plan's policy (`plan.windows`, probed in the decoder processes) and each is
+    captioned (a file the policy does not window is one clip).
 
     The unit of work of both `caption_folders` (writing `captions.jsonl`) and a queue worker's chunk
     (writing a part file). Engine death (vLLM's EngineDeadError) propagates, so the caller can
@@ -151,9 +181,13 @@ def caption_videos(
 
     with contextlib.ExitStack() as stack:
         if decoder is None:
-            workers = min(plan.profile.decode_workers, len(videos))
+            workers = decode_workers(plan, videos)
             decoder = stack.enter_context(FrameDecoder(plan.frame_spec, workers, plan.settings.decode_timeout))
-        clips = caption_clips(videos, plan, writer, decoder, engine_factory, on_record, batch, slots, needs)
-        for record, shareable in clips:
+        planned = plan_clips(videos, plan.windows, decoder)
+        plain = {Path(video) for video in videos if not isinstance(video, Clip)}  # a Clip was counted by its planner
+        stats.windowed += sum(1 for path, clips in planned.items() if path in plain and any(c.window for c in clips))
+        todo = [clip for clips in planned.values() for clip in clips]
+        made = caption_clips(todo, plan, writer, decoder, engine_factory, on_record, batch, slots, needs)
+        for record, shareable in made:
             stats.add(record, shareable)
     return stats

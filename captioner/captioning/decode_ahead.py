@@ -1,12 +1,16 @@
-"""Clips decoding ahead of the engine: a bounded window of decoder futures, with slots shared across callers."""
+"""Clips decoding ahead of the engine: a bounded number of decoder futures, with slots shared across callers.
+
+A clip is a file or one window of a long take (`windows.Clip`): a long take's windows decode as
+separate clips, so the decode-ahead and the engine's batches work per window.
+"""
 
 from __future__ import annotations
 
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from pathlib import Path
 from typing import Iterable, Protocol
 
 from captioner.frames import ClipFrames, FrameDecoder, FrameError
+from captioner.windows import Clip
 
 
 class Slots(Protocol):
@@ -30,13 +34,13 @@ class DecodeAhead:
     could each wait for the other's.
     """
 
-    def __init__(self, videos: Iterable[Path], decoder: FrameDecoder, depth: int, slots: Slots | None = None) -> None:
-        self.queue = iter(videos)
+    def __init__(self, clips: Iterable[Clip], decoder: FrameDecoder, depth: int, slots: Slots | None = None) -> None:
+        self.queue = iter(clips)
         self.decoder = decoder
         self.depth = depth
         self.slots = slots
-        self.waiting: list[Path] = []  # taken from the queue, not yet given a slot
-        self.in_flight: dict[Future[ClipFrames], Path] = {}
+        self.waiting: list[Clip] = []  # taken from the queue, not yet given a slot
+        self.in_flight: dict[Future[ClipFrames], Clip] = {}
         self.ready: list[ClipFrames] = []
         self.held = 0  # slots this caller holds
 
@@ -48,28 +52,30 @@ class DecodeAhead:
     def top_up(self) -> None:
         """Start decoding more clips until `depth` are in flight or ready (or no slot is free)."""
         while len(self.in_flight) + len(self.ready) < self.depth:
-            video = self.waiting.pop() if self.waiting else next(self.queue, None)
-            if video is None:
+            clip = self.waiting.pop() if self.waiting else next(self.queue, None)
+            if clip is None:
                 return
             if self.slots is not None:
                 if not self.slots.acquire(blocking=self.held == 0):
-                    self.waiting.append(video)  # try again once a clip of ours is done
+                    self.waiting.append(clip)  # try again once a clip of ours is done
                     return
                 self.held += 1
-            self.in_flight[self.decoder.submit(video)] = video
+            # A whole file is submitted as before windows, so a decoder that knows no windows serves it.
+            future = self.decoder.submit(clip.path) if clip.window is None else self.decoder.submit(*clip)
+            self.in_flight[future] = clip
 
-    def collect(self, block: bool) -> list[tuple[Path, FrameError]]:
+    def collect(self, block: bool) -> list[tuple[Clip, FrameError]]:
         """Move finished decodes to `ready` (waiting for one if `block`); return the clips that failed."""
         if not self.in_flight:
             return []
         done, _ = wait(self.in_flight, timeout=None if block else 0, return_when=FIRST_COMPLETED)
         failures = []
         for future in done:
-            video = self.in_flight.pop(future)
+            clip = self.in_flight.pop(future)
             try:
                 self.ready.append(future.result())
             except FrameError as exc:
-                failures.append((video, exc))
+                failures.append((clip, exc))
         return failures
 
     def take(self, size: int, at_least: int) -> list[ClipFrames]:

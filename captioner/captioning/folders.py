@@ -1,8 +1,9 @@
 """`captioner run`: every new video under some folders captioned into an output folder.
 
-folders -> `sources.discover` -> `planning.make_plan` -> what is still to do (`pending_work`, read
-from the output folder) -> `clips.caption_videos` (frames -> prompt -> engine -> records) ->
-`captions.jsonl`, compacted, and `summary.json`.
+folders -> `sources.discover` -> `planning.make_plan` -> each file's windows (`frames.plan_clips`)
+-> what is still to do, per window (`windowed.pending_clips`, read from the output folder) ->
+`clips.caption_videos` (frames -> prompt -> engine -> records) -> `captions.jsonl`, compacted, and
+`summary.json`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from captioner.adapters import Adapter
-from captioner.captioning.clips import OnRecord, caption_videos
+from captioner.captioning.clips import OnRecord, caption_videos, decode_workers
 from captioner.captioning.stats import CaptionStats
+from captioner.captioning.windowed import pending_clips
 from captioner.config import Settings
 from captioner.engine import Engine
+from captioner.frames import FrameDecoder, plan_clips
 from captioner.planning import Plan, check_engine, engine_concurrency, load_engine, make_plan
 from captioner.records import CAPTIONS_FILE, RecordWriter, compact, ok_videos, read_output, write_summary
 from captioner.sources import Found, discover, video_bytes, video_id, wait_until_settled
@@ -24,7 +27,10 @@ log = logging.getLogger(__name__)
 
 
 def pending_work(videos: list[Path], out_dir: Path, plan: Plan) -> dict[Path, tuple[Adapter, ...]]:
-    """Each video still to caption, with the plan's adapters it has no `ok` record for in `out_dir` (read once).
+    """Each video still to caption whole, with the plan's adapters it has no whole-file `ok` record for in `out_dir`.
+
+    Windows are not planned here: `caption_videos` plans them for the paths it is given (and
+    `caption_folders` resumes window by window through `windowed.pending_clips`).
 
     A video is matched to its records by the exact bytes of its path (`sources.video_bytes`), so a
     name that only shows like another's (`video_id`) is not taken as done by the other's record.
@@ -66,10 +72,11 @@ def caption_folders(
 ) -> dict[str, Any]:
     """Caption every new video under `folders` into `out_dir`; return the summary.
 
-    Videos with an `ok` record for the same model, adapter and prompt are skipped; failed ones are
-    retried. With several adapters (`settings.compare_adapters`), a video gets a record from each
-    adapter it has none from. `on_start(captions, skipped)` hears how many records are to be written
-    and how many videos need none. `engine` lets a long-lived process (a worker) reuse its loaded
+    Clips (a file, or each window of a long take: `plan.windows`) with an `ok` record for the same
+    model, adapter and prompt are skipped; failed ones are retried. With several adapters
+    (`settings.compare_adapters`), a clip gets a record from each adapter it has none from.
+    `on_start(captions, skipped)` hears how many records are to be written and how many videos need
+    none. `engine` lets a long-lived process (a worker) reuse its loaded
     engine. Files modified within `settings.settle_seconds` are captioned with a warning, or first
     waited for (`wait_settled`).
     """
@@ -78,9 +85,7 @@ def caption_folders(
     if engine is not None:
         check_engine(engine, plan)
     captions = out_dir / CAPTIONS_FILE
-    todo = pending_work(found.videos, out_dir, plan)
-    stats = CaptionStats(videos=len(found.videos), skipped=len(found.videos) - len(todo), ignored=len(found.ignored))
-    on_start(sum(len(needed) for needed in todo.values()), stats.skipped)
+    stats = CaptionStats(videos=len(found.videos), ignored=len(found.ignored))
 
     def engine_factory() -> Engine:
         loaded = engine
@@ -90,10 +95,17 @@ def caption_folders(
         stats.concurrency = engine_concurrency(loaded, plan)
         return loaded
 
-    if todo:
-        with RecordWriter(captions) as writer:
-            caption_videos(list(todo), writer, plan, engine_factory, stats, on_record, needs=todo)
-        compact(captions)
+    # Pebble starts the processes with the first task: none when nothing is probed or decoded.
+    with FrameDecoder(plan.frame_spec, decode_workers(plan, found.videos), settings.decode_timeout) as decoder:
+        planned = plan_clips(found.videos, plan.windows, decoder)
+        todo = pending_clips(planned, read_output(out_dir), plan)
+        stats.windowed = sum(1 for clips in planned.values() if any(clip.window for clip in clips))
+        stats.skipped = len(planned) - len({clip.path for clip in todo})
+        on_start(sum(len(needed) for needed in todo.values()), stats.skipped)
+        if todo:
+            with RecordWriter(captions) as writer:
+                caption_videos(list(todo), writer, plan, engine_factory, stats, on_record, decoder=decoder, needs=todo)
+            compact(captions)
     summary = stats.summary(plan)
     write_summary(out_dir, summary)
     return summary

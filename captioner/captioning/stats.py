@@ -21,6 +21,8 @@ class CaptionStats:
     skipped: int = 0
     ignored: int = 0  # hidden and AppleDouble files left out by discovery
     settling: int = 0  # files still being written, left for the next run
+    windowed: int = 0  # files captioned window by window (`plan.windows`), done or not
+    windows: set[tuple[str, int]] = field(default_factory=set)  # (video, window index) captioned in this run
     output_tokens: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
@@ -40,6 +42,8 @@ class CaptionStats:
 
     def add(self, record: CaptionRecord, shareable: int) -> None:
         """Count one finished clip."""
+        if record.window is not None:
+            self.windows.add((record.video, record.window["index"]))  # once, whatever the adapters
         if record.status == "ok":
             self.ok += 1
             self.output_tokens += record.output_tokens
@@ -60,6 +64,8 @@ class CaptionStats:
             "skipped": self.skipped,
             "ignored": self.ignored,
             "settling": self.settling,
+            "windowed": self.windowed,
+            "windows": len(self.windows),
             "seconds": round(seconds, 3),
             "engine_load_s": round(self.engine_load_s, 3),
             "videos_per_s": round(captioned / seconds, 4) if captioned else 0.0,

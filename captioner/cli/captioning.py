@@ -11,6 +11,12 @@ import typer
 from captioner.cli.common import app, checked_settings, echo_json, fail, settings_from, setup_logging, show, with_demo
 
 
+WINDOWS_HELP = (
+    "auto (default: files over window_auto_max_s, 60 s, get windows of window_seconds, 30 s) | none (one "
+    "caption per file) | fixed:SECONDS[:OVERLAP] | shots. Also CAPTIONER_WINDOWS."
+)
+
+
 @app.command()
 def run(
     video_dirs: list[Path] = typer.Argument(..., help="Folders to caption (searched recursively)."),
@@ -34,10 +40,11 @@ def run(
     settle_seconds: Optional[float] = typer.Option(
         None, help="A file modified more recently than this may still be copying (default 60; 0 = never)."
     ),
+    windows: Optional[str] = typer.Option(None, help=WINDOWS_HELP),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a tier profile field: FIELD=VALUE."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log engine and pipeline progress."),
 ) -> None:
-    """Caption every video under VIDEO_DIRS in Korean; re-running skips videos already done.
+    """Caption every video under VIDEO_DIRS in Korean (a long take window by window); re-running skips what is done.
 
     stdout carries only the summary JSON; progress and failed clips go to stderr.
     """
@@ -55,7 +62,7 @@ def run(
         settings = settings_from(
             model=model, adapter=adapter[0] if adapter else None, compare_adapters=adapter[1:] if adapter else None,
             tier=tier, frames=frames, prompt=prompt, sampling=sampling, decode_timeout=decode_timeout,
-            keyframe_tolerance=keyframe_tolerance, settle_seconds=settle_seconds, sets=sets,
+            keyframe_tolerance=keyframe_tolerance, settle_seconds=settle_seconds, windows=windows, sets=sets,
         )  # fmt: skip
     except ValidationError as exc:
         fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
@@ -70,7 +77,8 @@ def run(
 
     def on_start(todo: int, skipped: int) -> None:
         several = len(settings.compare_adapters) > 0
-        typer.echo(f"{todo} {'captions to write' if several else 'videos to caption'}, {skipped} videos already done", err=True)
+        what = "captions to write" if several else "clips to caption"
+        typer.echo(f"{todo} {what}, {skipped} videos already done", err=True)
         progress.update(task, total=todo)
         progress.start()
 
@@ -80,7 +88,8 @@ def run(
             # Names and decoder texts may hold [brackets]: printed as text, never as markup; and
             # control characters (a terminal command in a file name): escaped.
             reason = escape(show(record.error or ""))
-            progress.console.print(f"[yellow]failed[/] {escape(show(record.video))}: {reason}")
+            where = f" window {record.window['index']}" if record.window else ""
+            progress.console.print(f"[yellow]failed[/] {escape(show(record.video))}{where}: {reason}")
         progress.update(task, advance=1, **counts)
 
     try:
@@ -189,11 +198,13 @@ def frames_(
         None, help="Keyframe tolerance (share of a segment); 0 = exact."
     ),
     decode_timeout: Optional[float] = typer.Option(None, help="Seconds before a clip's decoder is killed."),
+    windows: Optional[str] = typer.Option(None, help=WINDOWS_HELP + " A windowed video gets a folder per window."),
 ) -> None:
     """Write the frames the model would see of each video, with how they were taken (frames.json).
 
     Needs no model weights: the frame size comes from the model's config.json or --frame-size.
-    Prints one JSON line per video on stdout; exit status 1 when a video has no frames.
+    Prints one JSON line per video (per window of a windowed one) on stdout; exit status 1 when a
+    video has no frames.
     """
     from captioner.errors import ConfigError
     from captioner.frames.save import save_frames
@@ -202,18 +213,20 @@ def frames_(
 
     setup_logging(False)
     settings = checked_settings(
-        model=model, tier=tier, frames=frames, keyframe_tolerance=keyframe_tolerance, decode_timeout=decode_timeout
-    )
+        model=model, tier=tier, frames=frames, keyframe_tolerance=keyframe_tolerance, decode_timeout=decode_timeout,
+        windows=windows,
+    )  # fmt: skip
     try:
         count = settings.frames or resolve_profile(settings.tier, settings.profile).frames
         spec = frame_spec_for(settings, count, frame_size or frame_size_of(settings))
     except (ConfigError, ValueError) as exc:
         fail(str(exc))
     failed = 0
-    for result in save_frames(videos, out, spec, settings.decode_timeout):
+    for result in save_frames(videos, out, spec, settings.decode_timeout, settings.window_policy()):
         if result.get("error"):
             failed += 1
-            typer.echo(f"failed {show(result['video'])}: {show(result['error'])}", err=True)
+            where = f" window {result['window']['index']}" if result.get("window") else ""
+            typer.echo(f"failed {show(result['video'])}{where}: {show(result['error'])}", err=True)
         echo_json(result)
     raise typer.Exit(1 if failed else 0)
 

@@ -32,18 +32,32 @@ def bench(
     ),
     clips_dir: Optional[Path] = typer.Option(None, help="Where benchmark clips are written and reused."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a tier profile field: FIELD=VALUE."),
+    frame_stage_only: bool = typer.Option(
+        False, "--frame-stage-only", help="Only the frame stage (every set) and its cost per hour; no engine."
+    ),
+    hour_lengths: str = typer.Option(
+        "10s,10min,2h", help="Takes measured per hour of footage, copied from one clip per set; 'none' skips them."
+    ),
+    hour_windows: int = typer.Option(48, min=1, help="Windows measured per take at most (evenly spread; scaled)."),
 ) -> None:
-    """Measure end to end, decode only, engine only, prefix cache, the naive way and memory."""
+    """Measure end to end, decode only, engine only, prefix cache, the naive way, memory, and the
+    frame stage's cost per hour of footage."""
     from rich.console import Console
 
     from captioner.bench import run_bench, table
+    from captioner.bench.clips import parse_lengths
     from captioner.errors import ConfigError
 
     setup_logging(False)
     console = Console(stderr=True)
     settings = settings_from(model=model, adapter=adapter, tier=tier, frames=frames, sets=sets)
     try:
-        result = run_bench(settings, clips, naive_clips, memory_clips, clips_dir, log=console.log)
+        lengths = {} if hour_lengths.strip().lower() == "none" else parse_lengths(hour_lengths)
+    except ValueError as exc:
+        fail(f"--hour-lengths: {exc}")
+    try:
+        result = run_bench(settings, clips, naive_clips, memory_clips, clips_dir, log=console.log,
+                           frame_stage_only=frame_stage_only, hour_lengths=lengths, hour_windows=hour_windows)
     except ConfigError as exc:
         fail(str(exc))
     write_and_show(out, result, f"captioner bench ({result['settings']['profile']['name']})", table(result))

@@ -37,7 +37,8 @@ def worker(
         runtime.start()  # before consuming: a worker that cannot caption must not take chunks
     except (ConfigError, EngineError) as exc:
         fail(str(exc))
-    app_for(settings).worker_main(
+    tasks.run_worker(
+        app_for(settings),
         [
             "worker",
             f"--hostname={name or f'captioner-{os.getpid()}@%h'}",

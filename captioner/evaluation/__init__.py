@@ -1,6 +1,9 @@
 """Caption-quality evaluation: Korean-morpheme METEOR and friends, and the HTML report.
 
-- `references`: read reference captions (JSONL, CSV, AI-Hub label folders).
+- `references`: read reference captions (JSONL, CSV; `aihub`: AI-Hub label folders; `inputs`: what
+  they share: the input error, size limits, an entry as read).
+- `spans`: time ranges of references, and which window of a long take a range scores.
+- `matching`: which references each evaluated record (a whole file or a window) is scored against.
 - `morphemes`: Kiwi morphemes, each text tokenized once.
 - `scores`: METEOR (NLTK, exact matches), BLEU-4, ROUGE-L, CIDEr-D, diversity guards.
 - `report`: the self-contained report.html.

@@ -10,7 +10,10 @@ another tool), and so is a file that starts with a byte-order mark.
 
 Record selection: the records may hold several per video (a failed try and a later success, or
 several model / adapter / prompt versions). The *last* record per video stem is evaluated (oldest
-first: by ``created_at`` across files, file order within a second); every version seen, and the
+first: by ``created_at`` across files, file order within a second); for a long take captioned
+window by window (records with a ``window``), the last record per stem and window index. The
+newest record of a stem says which it is: a file captioned whole after its windows (or the
+reverse) is evaluated as its newest run captioned it; every version seen, and the
 versions of the records that were evaluated, are counted so the report can list them. References
 name videos by stem, so different videos sharing a stem are one clip here, and a warning names
 them; videos are told apart by the exact bytes of their paths (`captioner.sources.record_key`), so
@@ -30,6 +33,7 @@ from captioner.evaluation.morphemes import normalize_text
 from captioner.evaluation.references import InputError, name_stem
 from captioner.evaluation.results import ANY_ADAPTER, CaptionSet, EvaluatedClip
 from captioner.records import CAPTIONS_FILE, PARTS_DIR, VersionKey, output_folder
+from captioner.records.export import record_window, window_problem
 from captioner.records.folder import Line, located_lines, target_files
 from captioner.sources import record_key, record_path, video_id
 from captioner.textcheck import record_flags
@@ -63,6 +67,8 @@ def record_problem(rec: dict[str, Any], where: str) -> str | None:
         return f'{where}: "prompt" must be an object ({{"name", "version", "sha"}})'
     if rec.get("created_at") is not None and not isinstance(rec["created_at"], str):
         return f'{where}: "created_at" must be an ISO time string'
+    if problem := window_problem(rec.get("window")):
+        return f'{where}: bad "window": {problem}'
     flags = rec.get("text_flags")
     if flags is not None and not (isinstance(flags, list) and all(isinstance(f, str) for f in flags)):
         return f'{where}: "text_flags" must be a list of strings'
@@ -128,6 +134,7 @@ def _evaluated_clip(line: Line, stem: str, version: str) -> EvaluatedClip:
         where=line.where,
         # Flags come from the raw caption: NFC would alter CP949 mojibake (see textcheck).
         text_flags=record_flags(rec),
+        window=record_window(rec),
     )
 
 
@@ -137,7 +144,7 @@ def _shown(rec: dict[str, Any]) -> str:
 
 
 def load_captions(target: Path, adapter: str | None = ANY_ADAPTER) -> CaptionSet:
-    """Read the caption records of an output folder or captions file; the last record per video stem wins.
+    """Read the caption records of an output folder or captions file; the last record per video stem (and window) wins.
 
     `adapter` keeps only the records of one adapter (by the name records store; None: the base
     model), as when one run captioned with several. Raises :class:`InputError` naming the file and
@@ -147,6 +154,8 @@ def load_captions(target: Path, adapter: str | None = ANY_ADAPTER) -> CaptionSet
     lines = _of_adapter(target, read_caption_records(target), adapter)
     names = version_names([VersionKey.of(line.record) for line in lines])
     clips: dict[str, EvaluatedClip] = {}
+    windows: dict[str, dict[int, EvaluatedClip]] = {}
+    windowed: dict[str, bool] = {}  # per stem: whether its newest record is of a window
     # Per stem, the videos seen (by exact path bytes: two names that show alike are two videos).
     paths_seen: dict[str, dict[bytes, str]] = {}
     versions: Counter = Counter()
@@ -156,8 +165,15 @@ def load_captions(target: Path, adapter: str | None = ANY_ADAPTER) -> CaptionSet
         version = names[VersionKey.of(line.record)]
         versions[version] += 1
         paths_seen.setdefault(stem, {})[record_key(line.record)] = _shown(line.record)
-        clips[stem] = _evaluated_clip(line, stem, version)
-    if not clips:
+        clip = _evaluated_clip(line, stem, version)
+        if clip.window is None:
+            clips[stem] = clip
+        else:
+            windows.setdefault(stem, {})[clip.window.index] = clip
+        windowed[stem] = clip.window is not None
+    for stem, newest_is_window in windowed.items():  # the newest run's layout of each file counts
+        (clips if newest_is_window else windows).pop(stem, None)
+    if not clips and not windows:
         raise InputError([f"{target}: no caption records"])
     warnings = [
         f"{target}: {len(p)} different videos share the name {stem!r} ({', '.join(sorted(p.values())[:3])}); "
@@ -166,5 +182,11 @@ def load_captions(target: Path, adapter: str | None = ANY_ADAPTER) -> CaptionSet
         if len(p) > 1
     ]
     return CaptionSet(
-        path=target, clips=clips, records=len(lines), versions_all=versions, warnings=warnings, adapter=adapter
+        path=target,
+        clips=clips,
+        records=len(lines),
+        versions_all=versions,
+        warnings=warnings,
+        adapter=adapter,
+        windows={stem: dict(sorted(wins.items())) for stem, wins in windows.items()},
     )

@@ -55,6 +55,7 @@ def metrics_document(ev: Evaluation) -> dict[str, Any]:
                 "path": str(ev.references.path),
                 "kind": ev.references.kind,
                 "clips": len(ev.references.clips),
+                "ranged": sum(len(refs) for refs in ev.references.ranged.values()),  # references of a time range
                 "text_flags": ev.references.flag_counts(),
                 "flagged": [
                     {"source": f.source, "video": f.video, "index": f.index, "flags": f.flags, "encoding": f.encoding}
@@ -84,13 +85,13 @@ def metrics_document(ev: Evaluation) -> dict[str, Any]:
 
 def _check_overlap(captions: CaptionSet, references: ReferenceSet) -> None:
     """Raise an InputError when no video of `captions` has a reference: a wrong file, not a score of 0."""
-    if not set(captions.clips) & set(references.clips):
+    if not captions.stems() & references.stems():
         raise InputError(
             [
                 (
                     f"{captions.path}: no video matches the references in {references.path} "
-                    f"(videos are matched by file name stem; captions have e.g. {sorted(captions.clips)[:3]}, "
-                    f"references have e.g. {sorted(references.clips)[:3]})"
+                    f"(videos are matched by file name stem; captions have e.g. {sorted(captions.stems())[:3]}, "
+                    f"references have e.g. {sorted(references.stems())[:3]})"
                 )
             ]
         )
@@ -120,9 +121,9 @@ def evaluate(
         _check_overlap(cs, reference_set)
     t1 = time.perf_counter()
     tokenizer = get_tokenizer()
-    texts = [t for clip in reference_set.clips.values() for t in clip.references]
+    texts = [t for clip in reference_set.all() for t in clip.references]
     for cs in filter(None, (caption_set, baseline_set)):
-        texts += [r.caption for r in cs.clips.values()]
+        texts += [r.caption for r in cs.evaluated()]
     tokens = tokenizer.tokenize_many(texts)
     t2 = time.perf_counter()
     run = score_captions("run", caption_set, reference_set, tokens)
@@ -162,7 +163,8 @@ def print_summary(ev: Evaluation, out_dir: Path) -> None:
     tok = ev.config["tokenizer"]
     print(
         f"METEOR {s['meteor']:.4f} (95% CI {lo:.4f}-{hi:.4f}) on {c['scored']} of {c['referenced_clips']} "
-        f"referenced clips; {c['missing_captions']} missing captions, {c['no_reference']} captions without reference; "
+        f"referenced clips{_windows_note(c)}; {c['missing_captions']} missing captions, "
+        f"{c['no_reference']} captions without reference; "
         f"morphemes: {tok['name']} {tok['version']} (model {tok['model_version']}), exact matches only"
     )
     if c["captions_replacement_char"] or c["captions_mojibake"] or ev.references.flagged:
@@ -176,6 +178,14 @@ def print_summary(ev: Evaluation, out_dir: Path) -> None:
         if warning not in logged:
             print(f"warning: {printable(warning)}", file=sys.stderr)
     print(f"report: {printable(str(Path(out_dir) / 'report.html'))}")
+
+
+def _windows_note(counts: dict[str, Any]) -> str:
+    """What the headline adds when long takes were captioned window by window: how many windows were scored."""
+    if not counts["windowed_videos"]:
+        return ""
+    takes = counts["windowed_videos"]
+    return f" ({counts['windows_scored']} of them windows of {takes} long take{'s' if takes != 1 else ''})"
 
 
 def gate(ev: Evaluation, captions: Path, regression_threshold: float) -> int:

@@ -3,14 +3,17 @@
 Three layouts are accepted (see ``eval/README.md``):
 
 * JSONL: one object per line, ``{"video": ..., "references": ["...", ...]}``, optional
-  ``"category"``;
+  ``"category"``, optional ``"start_s"`` and ``"end_s"`` (a time range of the video, seconds);
 * CSV (UTF-8) with ``video`` and ``reference`` columns (one reference per row, a
-  video may have several rows), optional ``category`` column;
+  video may have several rows), optional ``category``, ``start_s`` and ``end_s`` columns;
 * a folder of AI-Hub 대한민국 배경영상 label JSON files: the Korean caption at
   ``caption.korean``, the category at ``category`` (``category.main`` when it is an
   object), the video's file name at ``filename`` (or the label file's own name).
 
-Videos are keyed by their file name stem, NFC-normalised. Every problem found is
+Videos are keyed by their file name stem, NFC-normalised. A reference without a time range is
+of the whole file (`ReferenceSet.clips`); one with a range (`ReferenceSet.ranged`) is matched to
+a window of a long take (`captioner.evaluation.spans`, `matching`). A range must be two numbers
+with 0 <= start_s < end_s; anything else is a problem of its line. Every problem found is
 collected with its file and line, and all of them are raised together in one
 :class:`InputError`, so a user can fix a file in one pass.
 
@@ -29,62 +32,20 @@ its clip, while the rest of the set stays usable.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, TextIO
+from typing import BinaryIO, Iterator, TextIO
 
-from captioner.config import REFERENCE_MAX_FILE_BYTES, REFERENCE_MAX_LINE_BYTES
-from captioner.errors import CaptionerError
-from captioner.escaping import printable
+from captioner.evaluation.aihub import read_aihub
+from captioner.evaluation.inputs import MAX_LISTED_PROBLEMS, Entry, InputError, ReferenceLimits, category_text
 from captioner.evaluation.morphemes import normalize_text
+from captioner.evaluation.spans import Span, csv_span, json_span
 from captioner.records import json_objects
 from captioner.textcheck import MOJIBAKE, REPLACEMENT_CHAR, mojibake_encoding, text_flags
 
 log = logging.getLogger(__name__)
-
-MAX_LISTED_PROBLEMS = 20
-
-
-class InputError(CaptionerError):
-    """Evaluation input that cannot be used; ``problems`` name the file and line of each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        # One line per problem: a file name's control characters are escaped, never a line break or
-        # a terminal command (see `captioner.escaping`).
-        shown = [printable(problem) for problem in problems[:MAX_LISTED_PROBLEMS]]
-        more = len(problems) - len(shown)
-        text = "\n".join(shown) + (f"\n... and {more} more problems" if more > 0 else "")
-        super().__init__(text)
-
-
-@dataclass(frozen=True)
-class ReferenceLimits:
-    """How large references may be; the defaults are the settings' (`captioner.config`)."""
-
-    line_bytes: int = REFERENCE_MAX_LINE_BYTES  # a JSONL line, a CSV line or field, an AI-Hub label file
-    file_bytes: int = REFERENCE_MAX_FILE_BYTES  # a JSONL or CSV file, all label files of a folder together
-
-    def line_problem(self, where: str, what: str, size: int | None) -> str:
-        """The problem of one line, field or label file over `line_bytes` (`size` None: not measured)."""
-        measured = f" of {size:,} bytes," if size is not None else ""
-        return (
-            f"{where}: {what}{measured} over the limit of {self.line_bytes:,} bytes (setting "
-            "reference_max_line_bytes, CAPTIONER_REFERENCE_MAX_LINE_BYTES); a reference caption is a few KB"
-        )
-
-    def file_problem(self, path: Path, size: int, what: str = "references file") -> str | None:
-        """The problem of a file (or label folder) of `size` bytes over `file_bytes`, or None."""
-        if size <= self.file_bytes:
-            return None
-        return (
-            f"{path}: {what} of {size:,} bytes, over the limit of {self.file_bytes:,} bytes "
-            "(setting reference_max_file_bytes, CAPTIONER_REFERENCE_MAX_FILE_BYTES)"
-        )
-
 
 def video_stem(video: str) -> str:
     """Matching key of a video: the NFC file-name stem of a path or name.
@@ -108,6 +69,7 @@ class Reference:
     references: list[str]
     category: str | None
     source: str  # "file:line" where the clip was first seen
+    span: Span | None = None  # the time range these references describe; None: the whole file
 
 
 @dataclass
@@ -134,6 +96,16 @@ class ReferenceSet:
     flagged: list[FlaggedReference] = field(default_factory=list)
     # The `warnings` about `flagged` texts; they were logged when read, so printers may skip them.
     text_warnings: list[str] = field(default_factory=list)
+    # References of a time range, by video stem: one `Reference` per distinct range, in file order.
+    ranged: dict[str, list[Reference]] = field(default_factory=dict)
+
+    def stems(self) -> set[str]:
+        """The videos (stems) that have a reference, of the whole file or of a range."""
+        return set(self.clips) | set(self.ranged)
+
+    def all(self) -> list[Reference]:
+        """Every `Reference`: of whole files, then of ranges."""
+        return list(self.clips.values()) + [ref for refs in self.ranged.values() for ref in refs]
 
     def flag_counts(self) -> dict[str, int]:
         """How many reference texts carry each text flag."""
@@ -148,7 +120,7 @@ def load_references(path: Path, limits: ReferenceLimits | None = None) -> Refere
     """
     path, limits = Path(path), limits or ReferenceLimits()
     if path.is_dir():
-        kind, entries, problems = "aihub", *_read_aihub(path, limits)
+        kind, entries, problems = "aihub", *read_aihub(path, limits)
     elif not path.exists():
         raise InputError([f"{path}: references not found"])
     elif too_large := limits.file_problem(path, path.stat().st_size):
@@ -160,9 +132,9 @@ def load_references(path: Path, limits: ReferenceLimits | None = None) -> Refere
     if problems:
         raise InputError(problems)
     refs = ReferenceSet(path=path, kind=kind, clips={})
-    for video, texts, category, source in entries:
-        refs.flagged += _check_texts(video, texts, source)  # raw texts: NFC would alter CP949 mojibake
-        _add(refs, video, texts, category, source)
+    for entry in entries:
+        refs.flagged += _check_texts(entry.video, entry.texts, entry.source)  # raw: NFC alters CP949 mojibake
+        _add(refs, entry)
     # A whole set saved with the wrong encoding would bury every other warning: the first few are
     # listed, then one line counts them all (metrics.json lists every flagged reference).
     shown = [f.warning for f in refs.flagged[:MAX_LISTED_PROBLEMS]]
@@ -176,12 +148,11 @@ def load_references(path: Path, limits: ReferenceLimits | None = None) -> Refere
         log.warning("%s", warning)
     refs.warnings += shown
     refs.text_warnings = shown
-    if not refs.clips:
+    if not refs.clips and not refs.ranged:
         raise InputError([f"{path}: no references found"])
     return refs
 
 
-Entry = tuple[str, list[str], "str | None", str]
 
 EXCERPT_CHARS = 40
 
@@ -209,13 +180,22 @@ def _check_texts(video: str, texts: list[str], source: str) -> list[FlaggedRefer
     return found
 
 
-def _add(refs: ReferenceSet, video: str, texts: list[str], category: str | None, source: str) -> None:
-    """Merge one entry; a clip may be listed several times (several CSV rows, say)."""
+def _add(refs: ReferenceSet, entry: Entry) -> None:
+    """Merge one entry; a clip (or a clip's range) may be listed several times (several CSV rows, say)."""
+    video, category, source = entry.video, entry.category, entry.source
     stem = video_stem(video)
-    texts = [normalize_text(t) for t in texts]
-    clip = refs.clips.get(stem)
+    texts = [normalize_text(t) for t in entry.texts]
+    span = entry.span
+    if span is None:
+        clip = refs.clips.get(stem)
+    else:  # the same range listed again merges; another range of the video is another clip
+        clip = next((ref for ref in refs.ranged.get(stem, []) if ref.span == span), None)
     if clip is None:
-        refs.clips[stem] = Reference(video, list(dict.fromkeys(texts)), category, source)
+        new = Reference(video, list(dict.fromkeys(texts)), category, source, span)
+        if span is None:
+            refs.clips[stem] = new
+        else:
+            refs.ranged.setdefault(stem, []).append(new)
         return
     for t in texts:
         if t not in clip.references:  # identical references would weigh double in CIDEr-D
@@ -226,14 +206,6 @@ def _add(refs: ReferenceSet, video: str, texts: list[str], category: str | None,
             "kept the first"
         )
     clip.category = clip.category or category
-
-
-def _category(value: Any) -> str | None:
-    if isinstance(value, dict):  # AI-Hub style {"main": "자연", "sub": "바다"}
-        value = value.get("main")
-    if value is None or value == "":
-        return None
-    return normalize_text(str(value))
 
 
 def _read_jsonl(path: Path, limits: ReferenceLimits) -> tuple[list[Entry], list[str]]:
@@ -257,7 +229,11 @@ def _read_jsonl(path: Path, limits: ReferenceLimits) -> tuple[list[Entry], list[
         ):
             problems.append(f'{where}: "references" must be a non-empty list of non-empty strings')
             continue
-        entries.append((video, texts, _category(obj.get("category")), where))
+        span, problem = json_span(obj, where)
+        if problem:
+            problems.append(problem)
+            continue
+        entries.append(Entry(video, texts, category_text(obj.get("category")), where, span))
     return entries, problems
 
 
@@ -325,8 +301,11 @@ def _read_csv(path: Path, limits: ReferenceLimits) -> tuple[list[Entry], list[st
                 if problem := _row_problem(row, columns, limits, where):
                     problems.append(problem)
                 elif any(cell.strip() for cell in row):
-                    video, text = _cell(row, columns, "video"), _cell(row, columns, "reference")
-                    entries.append((video, [text], _category(_cell(row, columns, "category")), where))
+                    entry, problem = _csv_entry(row, columns, where)
+                    if entry is None:
+                        problems.append(problem)
+                    else:
+                        entries.append(entry)
     except UnicodeDecodeError as exc:
         return [], [f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"]
     except _TooLarge as exc:
@@ -338,6 +317,15 @@ def _read_csv(path: Path, limits: ReferenceLimits) -> tuple[list[Entry], list[st
     finally:
         csv.field_size_limit(saved_limit)
     return entries, problems
+
+
+def _csv_entry(row: list[str], columns: dict[str, int], where: str) -> tuple[Entry | None, str]:
+    """The entry of a checked, non-blank CSV row, or None and the problem of its time range."""
+    span, problem = csv_span(_cell(row, columns, "start_s"), _cell(row, columns, "end_s"), where)
+    if problem:
+        return None, problem
+    video, text = _cell(row, columns, "video"), _cell(row, columns, "reference")
+    return Entry(video, [text], category_text(_cell(row, columns, "category")), where, span), ""
 
 
 def _csv_lines(fh: TextIO, path: Path, limits: ReferenceLimits) -> Iterator[str]:
@@ -381,62 +369,3 @@ def _cell(row: list[str], columns: dict[str, int], name: str) -> str:
     """A stripped cell by column name; "" when the column is absent or the row short."""
     i = columns.get(name)
     return row[i].strip() if i is not None and i < len(row) else ""
-
-
-def _read_aihub(folder: Path, limits: ReferenceLimits) -> tuple[list[Entry], list[str]]:
-    entries: list[Entry] = []
-    problems: list[str] = []
-    files = sorted(folder.rglob("*.json"))
-    if not files:
-        return [], [f"{folder}: no *.json label files in this folder"]
-    sizes = {file: file.stat().st_size for file in files}
-    if too_large := limits.file_problem(folder, sum(sizes.values()), "label files"):
-        return [], [too_large]
-    for file in files:
-        if sizes[file] > limits.line_bytes:  # one label is one caption: never read a huge one
-            problems.append(limits.line_problem(str(file), "a label file", sizes[file]))
-            continue
-        try:
-            label = json.loads(file.read_text(encoding="utf-8-sig"))
-        except UnicodeDecodeError as exc:
-            problems.append(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start})")
-            continue
-        except json.JSONDecodeError as exc:
-            problems.append(f"{file}:{exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})")
-            continue
-        if not isinstance(label, dict):
-            problems.append(f"{file}: expected a JSON object")
-            continue
-        caption = label.get("caption")
-        text = caption.get("korean") if isinstance(caption, dict) else None
-        if not isinstance(text, str) or not text.strip():
-            problems.append(f"{file}: no Korean caption at caption.korean")
-            continue
-        video = _aihub_video_name(label) or file.name
-        entries.append((video, [text], _aihub_category(label), str(file)))
-    return entries, problems
-
-
-# Nested objects where a label may keep the clip's file name or category.
-_AIHUB_BLOCKS = ("video", "video_info", "clip", "clip_info", "metadata")
-
-
-def _aihub_video_name(label: dict) -> str | None:
-    """The clip's file name, top-level or in a nested video/clip/metadata block."""
-    blocks = [label] + [label[k] for k in _AIHUB_BLOCKS if isinstance(label.get(k), dict)]
-    for block in blocks:
-        for key in ("filename", "file_name", "video_name", "video_id"):
-            value = block.get(key)
-            if isinstance(value, str) and value.strip():
-                return value.strip()
-    return None
-
-
-def _aihub_category(label: dict) -> str | None:
-    if "category" in label:
-        return _category(label["category"])
-    for key in _AIHUB_BLOCKS:
-        block = label.get(key)
-        if isinstance(block, dict) and "category" in block:
-            return _category(block["category"])
-    return None

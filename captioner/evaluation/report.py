@@ -3,6 +3,9 @@
 Plots are matplotlib SVGs and frame strips JPEGs, both embedded as ``data:`` URIs, so
 the file opens offline and can be mailed or archived as is. A clip whose video cannot
 be read gets a placeholder saying why; the report is never lost to one bad video.
+
+A window of a long take is a clip of its own: its card names the window and its strip shows
+frames of the window's time range (the decoder samples inside the window, as the run did).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import pandas as pd
 
 from captioner.evaluation.results import Evaluation
 from captioner.sources import record_path, video_id
+from captioner.windows import Window
 
 STRIP_FRAMES = 6
 STRIP_SHORT_SIDE = 128
@@ -71,8 +75,8 @@ def _plots(ev: Evaluation) -> dict[str, str]:
         plots["length_hist"] = _svg_data_uri(fig)
 
         if ev.baseline is not None:
-            a = ev.run.per_video.set_index("video")["meteor"]
-            b = ev.baseline.per_video.set_index("video")["meteor"]
+            a = ev.run.per_video.set_index("clip")["meteor"]
+            b = ev.baseline.per_video.set_index("clip")["meteor"]
             paired = pd.concat([a.rename("run"), b.rename("baseline")], axis=1).dropna()
             fig = Figure(figsize=(4.2, 4.2))
             ax = fig.subplots()
@@ -90,12 +94,15 @@ def _reference_lengths(ev: Evaluation) -> list[int]:
     """Morpheme counts of all references (already tokenized, so served from the cache)."""
     from captioner.evaluation.morphemes import get_tokenizer
 
-    tokens = get_tokenizer().tokenize_many(t for c in ev.references.clips.values() for t in c.references)
+    tokens = get_tokenizer().tokenize_many(t for c in ev.references.all() for t in c.references)
     return [len(v) for v in tokens.values()]
 
 
+StripKey = tuple[str, "str | None", "Window | None"]  # video, video_raw, window (None: the whole file)
+
+
 class _Strips(dict):
-    """Frame strips by video path, decoded on first use by a killable decoder process.
+    """Frame strips by video path and window, decoded on first use by a killable decoder process.
 
     decord can hang on a damaged file; in the report's own process that would hang the report.
     """
@@ -104,12 +111,12 @@ class _Strips(dict):
         super().__init__()
         self._decoder: Any = None
 
-    def __missing__(self, key: tuple[str, str | None]) -> tuple[str | None, str | None]:
+    def __missing__(self, key: StripKey) -> tuple[str | None, str | None]:
         if self._decoder is None:
             from captioner.frames import FrameDecoder, FrameSpec  # decoders start only when a report needs frames
 
             self._decoder = FrameDecoder(FrameSpec(STRIP_FRAMES, STRIP_SHORT_SIDE), workers=1, timeout=STRIP_TIMEOUT_S)
-        self[key] = _frame_strip(record_path({"video": key[0], "video_raw": key[1]}), self._decoder)
+        self[key] = _frame_strip(record_path({"video": key[0], "video_raw": key[1]}), self._decoder, key[2])
         return self[key]
 
     def close(self) -> None:
@@ -117,8 +124,8 @@ class _Strips(dict):
             self._decoder.close()
 
 
-def _frame_strip(path: Path, decoder: Any) -> tuple[str | None, str | None]:
-    """A JPEG strip of frames of ``video`` as a ``data:`` URI, or ``(None, reason)``.
+def _frame_strip(path: Path, decoder: Any, window: Window | None = None) -> tuple[str | None, str | None]:
+    """A JPEG strip of frames of ``video`` (of its `window`'s time range) as a ``data:`` URI, or ``(None, reason)``.
 
     Any failure (missing file, undecodable or hanging video, frame reader not available)
     becomes a reason shown in place of the strip.
@@ -126,7 +133,7 @@ def _frame_strip(path: Path, decoder: Any) -> tuple[str | None, str | None]:
     if not path.is_file():
         return None, f"video not found: {video_id(path)}"
     try:
-        frames = decoder.submit(path).result().frames
+        frames = decoder.submit(path, window=window).result().frames
     except ImportError as exc:
         return None, f"frame reader unavailable ({exc})"
     except Exception as exc:  # FrameError and anything a broken container raises
@@ -142,17 +149,19 @@ def _frame_strip(path: Path, decoder: Any) -> tuple[str | None, str | None]:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), None
 
 
-def _cards(ev: Evaluation, videos: list[str], strips: _Strips) -> list[dict]:
-    """Per-clip cards: scores, caption beside references, frames."""
-    run = ev.run.per_video.set_index("video")
-    base = ev.baseline.per_video.set_index("video") if ev.baseline is not None else None
+def _cards(ev: Evaluation, clips: list[str], strips: _Strips) -> list[dict]:
+    """Per-clip cards (`clips`: keys of rows, a whole file or a window): scores, caption beside references, frames."""
+    run = ev.run.per_video.set_index("clip")
+    base = ev.baseline.per_video.set_index("clip") if ev.baseline is not None else None
     damaged = _damaged_references(ev)
     cards = []
-    for video in videos:
-        row = run.loc[video]
-        image, reason = strips[(row["path"], row["video_raw"])]
+    for clip in clips:
+        row = run.loc[clip]
+        window = _window(row)
+        image, reason = strips[(row["path"], row["video_raw"], window)]
         card = {
-            "video": video,
+            "video": row["video"],
+            "window": window,
             "path": row["path"],
             "category": row["category"],
             "meteor": row["meteor"],
@@ -166,8 +175,8 @@ def _cards(ev: Evaluation, videos: list[str], strips: _Strips) -> list[dict]:
             "image_reason": reason,
             "baseline": None,
         }
-        if base is not None and video in base.index:
-            b = base.loc[video]
+        if base is not None and clip in base.index:
+            b = base.loc[clip]
             card["baseline"] = {
                 "status": b["status"],
                 "caption": b["caption"],
@@ -176,6 +185,14 @@ def _cards(ev: Evaluation, videos: list[str], strips: _Strips) -> list[dict]:
             }
         cards.append(card)
     return cards
+
+
+def _window(row: pd.Series) -> Window | None:
+    """The window of a row of scores, None for a whole file."""
+    index = row["window_index"]
+    if index is None or (isinstance(index, float) and math.isnan(index)):
+        return None
+    return Window(int(index), float(row["window_start_s"]), float(row["window_end_s"]))
 
 
 def _damaged_references(ev: Evaluation) -> dict[str, list[str]]:
@@ -193,7 +210,7 @@ def _text_tables(ev: Evaluation) -> tuple[str, str]:
             flagged.assign(
                 flags=[" ".join(f) for f in flagged["text_flags"]],
                 caption=[_excerpt(c) for c in flagged["caption"]],
-            )[["video", "flags", "status", "caption", "path"]]
+            )[["clip", "flags", "status", "caption", "path"]].rename(columns={"clip": "video"})
         )
     references = ""
     if ev.references.flagged:
@@ -239,22 +256,22 @@ def _table(df: pd.DataFrame) -> str:
 def _cards_to_show(ev: Evaluation, worst_best: int) -> tuple[list[dict], list[dict], dict[str, list[dict]]]:
     """Cards of the worst and best scored clips and, with a baseline, of those that dropped or gained most."""
     df = ev.run.per_video
-    scored = df[df["status"] == "scored"].sort_values(["meteor", "video"])
-    worst = scored["video"].head(worst_best).tolist()
-    rest = scored[~scored["video"].isin(worst)]
-    best = rest.sort_values(["meteor", "video"], ascending=[False, True])["video"].head(worst_best).tolist()
+    scored = df[df["status"] == "scored"].sort_values(["meteor", "clip"])
+    worst = scored["clip"].head(worst_best).tolist()
+    rest = scored[~scored["clip"].isin(worst)]
+    best = rest.sort_values(["meteor", "clip"], ascending=[False, True])["clip"].head(worst_best).tolist()
     strips = _Strips()
     try:
         changes: dict[str, list[dict]] = {"drops": [], "gains": []}
         if ev.baseline is not None:
-            merged = df.merge(ev.baseline.per_video[["video", "meteor"]], on="video", suffixes=("", "_baseline"))
+            merged = df.merge(ev.baseline.per_video[["clip", "meteor"]], on="clip", suffixes=("", "_baseline"))
             merged["delta"] = merged["meteor"] - merged["meteor_baseline"]
             merged = merged.dropna(subset=["delta"])
-            drops = merged[merged["delta"] < 0].sort_values(["delta", "video"])["video"].head(worst_best).tolist()
-            gains = merged[merged["delta"] > 0].sort_values(["delta", "video"], ascending=[False, True])
+            drops = merged[merged["delta"] < 0].sort_values(["delta", "clip"])["clip"].head(worst_best).tolist()
+            gains = merged[merged["delta"] > 0].sort_values(["delta", "clip"], ascending=[False, True])
             changes = {
                 "drops": _cards(ev, drops, strips),
-                "gains": _cards(ev, gains["video"].head(worst_best).tolist(), strips),
+                "gains": _cards(ev, gains["clip"].head(worst_best).tolist(), strips),
             }
         return _cards(ev, worst, strips), _cards(ev, best, strips), changes
     finally:
@@ -265,6 +282,8 @@ def _summary_tables(ev: Evaluation) -> dict[str, str]:
     """HTML tables of the categories, the missing and unreferenced clips, and the versions ("" when empty)."""
     df = ev.run.per_video
     reason = {"failed": "failed", "empty_caption": "empty caption", "no_caption": "no caption record"}
+    # Rows named by clip (a window's row: "stem #3"), under the heading "video".
+    df = df.drop(columns=["video"]).rename(columns={"clip": "video"})
     missing = df[df["status"].isin(list(reason))].assign(reason=lambda d: d["status"].map(reason))
     unreferenced = df[df["status"] == "no_reference"]
     per_category = pd.DataFrame(ev.run.summary["per_category"])

@@ -16,13 +16,14 @@ from typing import Any
 import pandas as pd
 
 from captioner.evaluation.references import ReferenceSet
+from captioner.windows import Window
 
 ANY_ADAPTER = "*"  # load_captions: records of every adapter
 
 
 @dataclass
 class EvaluatedClip:
-    """The evaluated (last) record of one video."""
+    """The evaluated (last) record of one video, or of one window of a long take."""
 
     stem: str
     video: str
@@ -34,18 +35,30 @@ class EvaluatedClip:
     line: int  # line in `where`'s file
     where: str = ""  # "file:line" of the record
     text_flags: list[str] = field(default_factory=list)  # what is wrong with the caption's characters
+    window: Window | None = None  # the window of a long take this record captioned; None: the whole file
 
 
 @dataclass
 class CaptionSet:
-    """Caption records of an output folder or captions file, last record per video stem."""
+    """Caption records of an output folder or captions file, last record per video stem (and window)."""
 
     path: Path
-    clips: dict[str, EvaluatedClip]
+    clips: dict[str, EvaluatedClip]  # records of whole files, by stem
     records: int
     versions_all: Counter
     warnings: list[str] = field(default_factory=list)
     adapter: str | None = ANY_ADAPTER  # the adapter whose records were kept
+    # Records of the windows of long takes: stem -> window index -> record. A stem is in `clips` or
+    # here, never both: its newest record says whether it was captioned whole or window by window.
+    windows: dict[str, dict[int, EvaluatedClip]] = field(default_factory=dict)
+
+    def stems(self) -> set[str]:
+        """The videos (stems) that have an evaluated record."""
+        return set(self.clips) | set(self.windows)
+
+    def evaluated(self) -> list[EvaluatedClip]:
+        """Every evaluated record: of whole files, then of windows."""
+        return list(self.clips.values()) + [clip for wins in self.windows.values() for clip in wins.values()]
 
     @property
     def name(self) -> str:
@@ -55,7 +68,7 @@ class CaptionSet:
     @property
     def versions_evaluated(self) -> Counter:
         """How many evaluated records come from each version."""
-        return Counter(r.version for r in self.clips.values())
+        return Counter(r.version for r in self.evaluated())
 
 
 @dataclass
@@ -84,13 +97,14 @@ class Evaluation:
     timing: dict[str, float] = field(default_factory=dict)
 
     def per_video_table(self) -> pd.DataFrame:
-        """Per-clip table for ``per_video.csv``; with a baseline, its columns sit beside."""
+        """Per-clip table for ``per_video.csv``; with a baseline, its columns sit beside (paired by `clip`)."""
         df = self.run.per_video.drop(columns=["line"]).copy()
         if self.baseline is not None:
-            b = self.baseline.per_video[["video", "status", "caption", "meteor", "rouge_l", "cider_d"]]
-            b = b.add_suffix("_baseline").rename(columns={"video_baseline": "video"})
-            df = df.merge(b, on="video", how="outer")
+            b = self.baseline.per_video[["clip", "video", "status", "caption", "meteor", "rouge_l", "cider_d"]]
+            b = b.add_suffix("_baseline").rename(columns={"clip_baseline": "clip", "video_baseline": "video"})
+            df = df.merge(b, on=["clip", "video"], how="outer")
             df["meteor_delta"] = df["meteor"] - df["meteor_baseline"]
         for column in ("references", "text_flags"):
             df[column] = [json.dumps(v if isinstance(v, list) else [], ensure_ascii=False) for v in df[column]]
-        return df.sort_values("video").reset_index(drop=True)
+        # Stable: a video's rows stay in the order `matching.pair_up` gives them (its windows in order).
+        return df.sort_values("video", kind="stable").reset_index(drop=True)

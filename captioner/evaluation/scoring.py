@@ -17,6 +17,7 @@ import nltk
 import pandas as pd
 
 from captioner.evaluation import scores
+from captioner.evaluation.matching import pair_up
 from captioner.evaluation.morphemes import Tokens
 from captioner.evaluation.references import ReferenceSet
 from captioner.evaluation.results import CaptionSet, EvaluatedClip, ScoredCaptions
@@ -37,6 +38,7 @@ DAMAGE = {
 
 
 def _clip_status(record: EvaluatedClip | None, has_ref: bool) -> str:
+    """How a row counts: scored, or why not."""
     if not has_ref:
         return "no_reference"
     if record is None:
@@ -49,27 +51,39 @@ def _clip_status(record: EvaluatedClip | None, has_ref: bool) -> str:
 
 
 def _clip_rows(captions: CaptionSet, refs: ReferenceSet) -> pd.DataFrame:
-    """A row per clip that has a reference or a caption: what was captioned, how, and its status."""
+    """A row per clip (a whole file or a window) that has a reference or a caption: what, how, its status.
+
+    Which references score which record: `matching.pair_up`. `clip` is the row's key; `video` the stem.
+    """
     rows = []
-    for stem in sorted(set(refs.clips) | set(captions.clips)):
-        ref, rec = refs.clips.get(stem), captions.clips.get(stem)
+    for pair in pair_up(captions, refs):
+        rec, window, span = pair.record, pair.window, pair.span
         rows.append(
             {
-                "video": stem,
-                "path": rec.video if rec else (ref.video if ref else ""),
+                "clip": pair.clip,
+                "video": pair.stem,
+                "window_index": window.index if window else None,
+                "window_start_s": window.start_s if window else None,
+                "window_end_s": window.end_s if window else None,
+                "reference_start_s": span.start_s if span else None,
+                "reference_end_s": span.end_s if span else None,
+                "path": rec.video if rec else pair.reference_video,
                 "video_raw": rec.video_raw if rec else None,
-                "category": (ref.category if ref else None) or "",
-                "status": _clip_status(rec, ref is not None),
+                "category": pair.category or "",
+                "status": _clip_status(rec, bool(pair.references)),
                 "record_status": rec.status if rec else "",
                 "caption": rec.caption if rec else "",
-                "references": list(ref.references) if ref else [],
+                "references": list(pair.references),
                 "error": (rec.error or "") if rec else "",
                 "version": rec.version if rec else "",
                 "line": rec.line if rec else None,
                 "text_flags": list(rec.text_flags) if rec else [],
             }
         )
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if len(df):  # objects, not floats: an index stays 3, not 3.0, beside the whole files' None
+        df["window_index"] = pd.Series([row["window_index"] for row in rows], dtype=object)
+    return df
 
 
 def score_captions(label: str, captions: CaptionSet, refs: ReferenceSet, tokens: dict[str, Tokens]) -> ScoredCaptions:
@@ -111,7 +125,7 @@ def summarize(df: pd.DataFrame, ref_tokens: list, hyp_tokens: list, captions: Ca
     # Over every evaluated record, referenced or not: broken text is a fault of the run either way.
     recorded = df[df["record_status"] != ""]
     flagged = {
-        flag: [video for video, flags in zip(recorded["video"], recorded["text_flags"]) if flag in flags]
+        flag: [video for video, flags in zip(recorded["clip"], recorded["text_flags"]) if flag in flags]
         for flag in (REPLACEMENT_CHAR, MOJIBAKE)
     }
     counts = _counts(df, captions, flagged)
@@ -140,7 +154,10 @@ def _counts(df: pd.DataFrame, captions: CaptionSet, flagged: dict[str, list[str]
     counts: dict[str, Any] = {
         "referenced_clips": n_refs,
         "caption_records": captions.records,
-        "captioned_videos": len(captions.clips),
+        "captioned_videos": len(captions.stems()),
+        # Long takes captioned window by window: the windows scored, and the files they belong to.
+        "windowed_videos": len(captions.windows),
+        "windows_scored": int(((df["status"] == "scored") & df["window_index"].notna()).sum()),
         "scored": int(status_counts.get("scored", 0)),
         "failed": int(status_counts.get("failed", 0)),
         "empty_caption": int(status_counts.get("empty_caption", 0)),
@@ -250,8 +267,8 @@ def compare_to_baseline(run: ScoredCaptions, baseline: ScoredCaptions, threshold
     ``threshold`` (relative) below the baseline's, or when its coverage (clips scored / clips
     referenced) is: a run must not pass the gate by failing on the hard clips.
     """
-    a = run.per_video.set_index("video")
-    b = baseline.per_video.set_index("video")
+    a = run.per_video.set_index("clip")  # paired by clip: a window with the same window of the baseline
+    b = baseline.per_video.set_index("clip")
     both = a.index.intersection(b.index)
     paired_mask = (a.loc[both, "status"] == "scored") & (b.loc[both, "status"] == "scored")
     paired = both[paired_mask.to_numpy()]
@@ -325,7 +342,13 @@ def metric_config(tokenizer_config: dict[str, Any], threshold: float) -> dict[st
             "document frequency over the references of all referenced clips"
         ),
         "diversity": f"distinct-n over morphemes; openings = first {OPENING_WORDS} words",
-        "record_selection": "last record per video stem; failed and empty captions count as missing",
+        "record_selection": (
+            "last record per video stem (and window of a long take); failed and empty captions count as missing"
+        ),
+        "windows": (
+            "a reference with start_s/end_s scores the window overlapping it most (ties: lowest index); "
+            "one without scores the whole-file record, or each window of a file captioned by windows"
+        ),
         "regression_threshold": threshold,
         "regression_rule": "relative drop of paired METEOR or of coverage larger than the threshold",
     }

@@ -19,10 +19,12 @@ import signal
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable
 
-from captioner.frames.decode import ClipFrames, FrameSpec, decode_clip
+from captioner.errors import ConfigError
+from captioner.frames.decode import ClipFrames, FrameSpec, decode_clip, windows_of
 from captioner.frames.errors import OUT_OF_MEMORY, FrameError
+from captioner.windows import Clip, Window, WindowPolicy
 
 
 class FrameDecoder:
@@ -38,7 +40,7 @@ class FrameDecoder:
         workers: int = 1,
         timeout: float = 60.0,
         max_tasks_per_worker: int = 100,
-        decode: Callable[[Path, FrameSpec], ClipFrames] | None = None,
+        decode: Callable[..., ClipFrames] | None = None,
     ) -> None:
         """`decode` replaces `decode_clip` (a module-level function, so spawned workers can import it)."""
         from pebble import ProcessPool
@@ -56,10 +58,21 @@ class FrameDecoder:
             initargs=(spec.decoder_memory_mb,),
         )
 
-    def submit(self, path: Path | str) -> Future[ClipFrames]:
-        """Start decoding `path`; the result arrives in the returned future."""
-        inner = self._pool.submit(run_decode, self.timeout, self._decode, Path(path), self.spec)
-        outer: Future[ClipFrames] = Future()
+    def submit(self, path: Path | str, window: Window | None = None) -> Future[ClipFrames]:
+        """Start decoding `path` (the frames of its `window`, else of the whole file); the result arrives in the future."""
+        inner = self._pool.submit(run_decode, self.timeout, self._decode, Path(path), self.spec, window)
+        return self._outer(inner, path)
+
+    def windows(self, path: Path | str, policy: WindowPolicy) -> Future[list[Window] | None]:
+        """Plan the windows of `path` under `policy` (None: one caption for the whole file).
+
+        The file is probed in a decoder process like a decode, under the same timeout: it is untrusted.
+        """
+        return self._outer(self._pool.submit(windows_of, self.timeout, Path(path), policy, self.spec), path)
+
+    def _outer(self, inner: Future, path: Path | str) -> Future[Any]:
+        """A future of `inner`'s result, with pebble's process-level failures as FrameErrors naming `path`."""
+        outer: Future[Any] = Future()
         inner.add_done_callback(lambda f: _translate(f, outer, str(path), self.timeout, self.spec.decoder_memory_mb))
         return outer
 
@@ -73,6 +86,36 @@ class FrameDecoder:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def plan_clips(
+    videos: Iterable[Path | Clip], policy: WindowPolicy, decoder: FrameDecoder | None
+) -> dict[Path, list[Clip]]:
+    """Each video's clips, in the order given: a `Clip` as it is; a path's windows under `policy`, else the whole file.
+
+    Planning a file's windows needs its length, so the file is probed, in `decoder`'s processes (it
+    is untrusted), all at once. A file whose probe fails is one whole-file clip: decoding it fails
+    with the same reason, and its record says why. A decoder without `windows` (a stand-in) plans no
+    windows.
+    """
+    planned: dict[Path, list[Clip]] = {}
+    probes: dict[Path, Future[list[Window] | None]] = {}
+    for video in videos:
+        if isinstance(video, Clip):
+            planned.setdefault(video.path, []).append(video)
+            continue
+        path = Path(video)
+        planned[path] = [Clip(path)]
+        if policy.kind != "none" and decoder is not None and hasattr(decoder, "windows"):
+            probes[path] = decoder.windows(path, policy)
+    for path, probe in probes.items():
+        try:
+            windows = probe.result()
+        except FrameError:
+            continue  # one whole-file clip, whose decode says why
+        if windows:
+            planned[path] = [Clip(path, window) for window in windows]
+    return planned
 
 
 def limit_address_space(megabytes: int) -> None:
@@ -142,8 +185,10 @@ def _came_near_limit(peak_before_kb: int) -> bool:
     return limit != resource.RLIM_INFINITY and peak > peak_before_kb and peak * 1024 > limit - NEAR_LIMIT_KB * 1024
 
 
-def run_decode(decode: Callable[[Path, FrameSpec], ClipFrames], path: Path, spec: FrameSpec) -> ClipFrames:
-    """What a decoder process runs for one clip: `decode`, with an allocation that failed named as such.
+def run_decode(
+    decode: Callable[..., ClipFrames], path: Path, spec: FrameSpec, window: Window | None = None
+) -> ClipFrames:
+    """What a decoder process runs for one clip: `decode` (of `window`), with an allocation that failed named as such.
 
     Under the address-space limit an allocation fails (numpy's or Python's MemoryError, FFmpeg's
     ENOMEM) instead of the machine running out; the clip fails with the limit in its reason, and the
@@ -151,7 +196,8 @@ def run_decode(decode: Callable[[Path, FrameSpec], ClipFrames], path: Path, spec
     """
     peak = _status_kb("VmPeak")
     try:
-        clip = decode(path, spec)
+        # A replacement `decode` that knows no windows (tests, benchmarks) is still called as before.
+        clip = decode(path, spec) if window is None else decode(path, spec, window)
         if _room_to_send(clip.frames.nbytes):
             return clip
         del clip  # not kept by the error's traceback
@@ -205,7 +251,7 @@ def _translate(inner: Future, outer: Future, path: str, timeout: float, memory_m
 
     try:
         outer.set_result(inner.result())
-    except FrameError as exc:
+    except (FrameError, ConfigError) as exc:  # ConfigError: the run's setup (a windows policy it cannot apply)
         outer.set_exception(exc)
     except TimeoutError:
         outer.set_exception(FrameError(path, f"decoding took longer than {timeout:g} s; decoder process killed"))

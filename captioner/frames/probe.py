@@ -10,6 +10,7 @@ audio track longer than the video is normal, a copy cut at 60% is not).
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -19,10 +20,34 @@ from typing import Iterator
 import numpy as np
 
 from captioner.frames.errors import FrameError, explain
+from captioner.frames.index import iso_layout_of, read_index
+from captioner.frames.timeline import Timeline
 
 # A clip whose streams all end before this share of the length its container states was cut
 # short (an interrupted copy); captioning its first seconds would silently describe the wrong clip.
 TRUNCATED_SHARE = 0.75
+
+# What the packet scan of a file without an index may read and take (CAPTIONER_PROBE_MAX_BYTES,
+# CAPTIONER_PROBE_MAX_SECONDS): past them the clip fails rather than a slow share eating the timeout.
+PROBE_MAX_BYTES = 512 * 1024 * 1024
+PROBE_MAX_SECONDS = 20.0
+
+
+def process_bytes_read() -> int | None:
+    """Bytes this process has read so far through read() calls (Linux `rchar`), None where unknown.
+
+    Both PyAV and decord read files through FFmpeg's file protocol, i.e. read() calls of the
+    decoding process, so the difference around a clip's probe and decode is what the frame stage
+    read for it, page cache or not. It also counts Python modules first imported in between.
+    """
+    try:
+        with open("/proc/self/io", "rb") as f:
+            for line in f:
+                if line.startswith(b"rchar:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 @dataclass(frozen=True)
@@ -40,6 +65,7 @@ class VideoInfo:
     open_gop: bool  # leading pictures: frames after a keyframe that show before it
     container: str  # FFmpeg's name of the container format
     notes: tuple[str, ...] = field(default_factory=tuple)
+    timeline_from: str = "scan"  # "scan" (every packet read) or the index read (frames/index.py)
 
     def display_size(self, rotation: int) -> tuple[int, int]:
         """(width, height) as shown: the sample aspect ratio applied, then the rotation."""
@@ -109,18 +135,27 @@ def openable(path: Path) -> Iterator[str]:
     yield str(path)
 
 
-def probe(path: Path) -> VideoInfo:
+def probe(
+    path: Path, max_bytes: int = PROBE_MAX_BYTES, max_seconds: float = PROBE_MAX_SECONDS, use_index: bool = True
+) -> VideoInfo:
     """Read the presented timeline and geometry of `path`'s first video stream.
 
+    The timeline comes from the container's index where it has one (`frames/index.py`: MP4 sample
+    tables or fragments, Matroska block headers), else from a scan of every packet that may read
+    `max_bytes` and take `max_seconds`; `use_index=False` always scans (to compare the two).
     Raises `FrameError` with a plain reason for files that are not videos, have no video stream,
-    have no frames, or were cut short.
+    have no frames, were cut short, or need a scan past the budget.
     """
     import av
 
     checked_file(path)
     try:
-        with openable(path) as name, av.open(name, metadata_errors="replace") as container:
-            return _probe(path, container)
+        layout = iso_layout_of(path) if use_index else None
+        # FFmpeg reads every fragment of a fragmented MP4 when it opens one (the whole file, where
+        # fragments are small); told to ignore the index it stops at the first. Ours reads them.
+        options = {"fflags": "+ignidx"} if layout is not None and layout.fragmented else {}
+        with openable(path) as name, av.open(name, metadata_errors="replace", options=options) as container:
+            return _probe(path, container, (layout, use_index), (max_bytes, max_seconds))
     except (FrameError, MemoryError):  # PyAV's ENOMEM is an FFmpegError too: not a damaged file
         raise
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
@@ -131,9 +166,11 @@ def probe(path: Path) -> VideoInfo:
 _STILL_FORMATS = ("image2", "_pipe", "gif", "apng")
 
 
-def _probe(path: Path, container) -> VideoInfo:
+def _probe(path: Path, container, index: tuple, budget: tuple[int, float]) -> VideoInfo:
+    """`probe` of the open `container`; `index` is (the MP4 layout or None, whether to read an index)."""
     import av
 
+    layout, use_index = index
     if any(part in container.format.name for part in _STILL_FORMATS):
         raise FrameError(path, f"a still image ({container.format.name.replace('_pipe', '')}), not a video")
     streams = container.streams.video
@@ -147,7 +184,9 @@ def _probe(path: Path, container) -> VideoInfo:
         raise FrameError(path, "video stream has no frame size (damaged header?)")
     time_base = stream.time_base or Fraction(1, 90000)
 
-    scan = _scan(container, stream)
+    scan = (use_index and read_index(path, container, stream, layout)) or _scan(path, container, stream, budget)
+    if scan.cut:
+        raise FrameError(path, scan.cut)
     if not scan.pts:
         stated = (container.duration or 0) / av.time_base
         if stated > 0:
@@ -165,7 +204,8 @@ def _probe(path: Path, container) -> VideoInfo:
     seconds = pts_sorted.astype(np.float64) * float(time_base)
     times = seconds - seconds[0]
 
-    _check_complete(path, container, scan.stream_end, scan.error)
+    if scan.source == "scan":
+        _check_complete(path, container, scan.stream_end, scan.error)
 
     sar = stream.sample_aspect_ratio or ctx.sample_aspect_ratio or Fraction(1, 1)
     sar = Fraction(sar) if sar and sar > 0 else Fraction(1, 1)
@@ -188,29 +228,25 @@ def _probe(path: Path, container) -> VideoInfo:
         open_gop=scan.open_gop,
         container=container.format.name,
         notes=tuple(notes),
+        timeline_from=scan.source,
     )
 
 
-@dataclass
-class _Scan:
-    """What one pass over the packets found."""
+def _scan(path: Path, container, stream, budget: tuple[int, float]) -> Timeline:
+    """Every packet of every stream, none decoded: the video timeline and how far each stream goes.
 
-    pts: list[int] = field(default_factory=list)  # presented video frames, decode order
-    keys: list[bool] = field(default_factory=list)
-    hidden: int = 0  # video frames flagged discard: an edit list's lead-in
-    open_gop: bool = False  # a keyframe followed (in decode order) by frames shown before it
-    stream_end: dict[int, float] = field(default_factory=dict)  # per stream: where its packets end, s
-    error: str | None = None  # why the demuxer stopped early, if it did
-
-
-def _scan(container, stream) -> _Scan:
-    """Every packet of every stream, none decoded: the video timeline and how far each stream goes."""
+    Raises `FrameError` once the scan has read more than `budget` (bytes, seconds) allows.
+    """
     import av
 
-    scan = _Scan()
+    scan, started, read_before = Timeline(), time.monotonic(), process_bytes_read()
     after_key: int | None = None
+    demuxed = 0
     try:
-        for packet in container.demux():
+        for count, packet in enumerate(container.demux()):
+            demuxed += packet.size
+            if count % 256 == 255:
+                _check_budget(path, container, (read_before, demuxed, started), budget)
             stamp = packet.pts if packet.pts is not None else packet.dts
             if stamp is None or packet.size == 0:
                 continue
@@ -233,6 +269,27 @@ def _scan(container, stream) -> _Scan:
     except (av.error.FFmpegError, EOFError) as exc:
         scan.error = explain(str(exc))
     return scan
+
+
+def _check_budget(path: Path, container, progress: tuple[int | None, int, float], budget: tuple[int, float]) -> None:
+    """Raise `FrameError` when the packet scan has read or taken more than its budget."""
+    read_before, demuxed, started = progress
+    max_bytes, max_seconds = budget
+    now = process_bytes_read()
+    # The process's reads where Linux counts them (container overhead included), else the packets'.
+    read = demuxed if now is None or read_before is None else now - read_before
+    took = time.monotonic() - started
+    if read <= max_bytes and took <= max_seconds:
+        return
+    setting = (
+        f"probe_max_bytes = {max_bytes:,} (CAPTIONER_PROBE_MAX_BYTES)" if read > max_bytes
+        else f"probe_max_seconds = {max_seconds:g} (CAPTIONER_PROBE_MAX_SECONDS)"
+    )
+    raise FrameError(
+        path,
+        f"no index this probe reads ({container.format.name.split(',')[0]}), and the packet scan "
+        f"read {read:,} bytes in {took:.1f} s without reaching the end: past {setting}",
+    )
 
 
 def _check_complete(path: Path, container, stream_end: dict[int, float], demux_error: str | None) -> None:

@@ -6,9 +6,13 @@ model's short side, and returns upright RGB frames at display aspect, shape (N, 
   decoded the frames after it (B-frame reordering); flushing after the one packet returns it at
   once. Measured on 1080p camera-style H.264: about 30 ms a frame, against about 80 ms for
   decord's seek-and-decode of the same keyframe.
-- `read_decord`: decord, the primary decoder for frames that need their group of pictures.
-- `read_pyav`: everything decord cannot open, index or decode (AV1, streams without a stated
-  length, ...): one seek per keyframe group, decoding forward.
+- `read_pyav`: frames between keyframes, and everything decord cannot open, index or decode: one
+  seek per keyframe group, decoding forward only as far as the last wanted frame's packet, and
+  not decoding the frames no other frame refers to (non-reference B-frames) unless they are
+  wanted (H.264, HEVC). Exact: a wanted frame is always decoded, and every frame it refers to is
+  a reference frame, never skipped (tests/test_readers.py compares its pixels with a full decode).
+- `read_decord`: decord, the reader of earlier versions for frames between keyframes; kept
+  measured (`captioner bench`, `reader_cpu_s_per_clip`) against `read_pyav`.
 """
 
 from __future__ import annotations
@@ -116,7 +120,8 @@ def _decord_times(reader) -> np.ndarray:
 
 
 def read_pyav(path: Path, info: VideoInfo, indices: list[int], short_side: int | None) -> Decoded:
-    """Frames `indices` through PyAV: one seek per keyframe group, keyframe-only where that suffices."""
+    """Frames `indices` through PyAV: one seek per keyframe group, keyframe-only where that suffices,
+    non-reference frames nobody asked for left undecoded (see the module docstring)."""
     wanted = sorted(set(indices))
     key_of = last_keyframe(info.keyframe)
     groups: dict[int, list[int]] = {}
@@ -130,7 +135,7 @@ def read_pyav(path: Path, info: VideoInfo, indices: list[int], short_side: int |
                     pictures.add(key, _decode_keyframe(container, stream, int(info.pts[key])))
                 else:
                     container.seek(int(info.pts[key]), stream=stream, backward=True, any_frame=False)
-                    _decode_forward(container, stream, info, members, pictures)
+                    _decode_forward(container, stream, info, members, pictures, start=int(info.pts[key]))
     except (_SeekMissed, FrameError) as exc:
         if isinstance(exc, FrameError) and exc.reason == OUT_OF_MEMORY:
             raise
@@ -175,21 +180,63 @@ def _decode_keyframe(container, stream, pts: int):
     raise _SeekMissed
 
 
-def _decode_forward(container, stream, info: VideoInfo, members: list[int], pictures: _Scaled) -> None:
-    """Decode on from the current position until every frame in `members` (ascending) is in `pictures`."""
-    pending = list(members)
-    for frame in container.decode(stream):
-        stamp = frame.pts if frame.pts is not None else frame.dts
-        if stamp is None:
-            continue
-        # The frame with the wanted timestamp serves it; one past it means the seek landed too
-        # late (the frame is left for a read from the start).
-        while pending and stamp >= info.pts[pending[0]]:
-            index = pending.pop(0)
-            if stamp == info.pts[index]:
-                pictures.add(index, frame)
-        if not pending:
-            break
+# FFmpeg decoders that apply `skip_frame` to the packet being sent, so that setting it per packet
+# skips exactly the frames of those packets: H.264's and HEVC's (tests/test_readers.py). libdav1d
+# applies it to the pictures it hands out, which come a few packets later: a wanted frame would be
+# dropped (AV1 clips failed so).
+SKIPPING_DECODERS = ("h264", "hevc")
+
+
+def _decode_forward(container, stream, info: VideoInfo, members: list[int], pictures: _Scaled,
+                    start: int | None = None) -> None:
+    """Decode on from the current position until every frame in `members` is in `pictures` or passed.
+
+    With a decoder in `SKIPPING_DECODERS`, a packet whose timestamp no member has is decoded only
+    if other frames refer to it (`skip_frame` NONREF, set per packet, before the decoder sees
+    it): a wanted frame is never skipped, and what it refers to is a reference frame. Once the
+    last member's packet is in, the
+    decoder is drained instead of fed on: reordering holds back only frames it has decoded already.
+    Packets without a timestamp of their own (`pts`) are always decoded: which frame they are is
+    not known. After a seek to the keyframe at `start`, decoding starts at the first keyframe; one
+    later than `start` means the seek overshot (`_SeekMissed`): the frames shown just before it
+    may refer to frames before it (open GOPs), and a decode from there would not be exact.
+    """
+    ctx = stream.codec_context
+    skips = ctx.codec.name in SKIPPING_DECODERS
+    by_stamp = {int(info.pts[i]): i for i in members}
+    unsent, last = set(by_stamp), max(by_stamp)
+    waiting = start is not None
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                frames = ctx.decode(None)  # the end of the file: what the decoder holds
+            else:
+                if waiting:  # a seek by byte guesses (MPEG-TS) may land inside a group of pictures
+                    if not packet.is_keyframe or packet.pts is None:
+                        continue
+                    if packet.pts > start:
+                        raise _SeekMissed
+                    waiting = False
+                known = packet.pts is not None
+                if skips:
+                    ctx.skip_frame = "NONREF" if known and packet.pts not in by_stamp else "DEFAULT"
+                frames = ctx.decode(packet)
+                unsent.discard(packet.pts if known else packet.dts)
+                if not unsent:
+                    frames += ctx.decode(None)
+            passed = False
+            for frame in frames:
+                stamp = frame.pts if frame.pts is not None else frame.dts
+                if stamp in by_stamp and by_stamp[stamp] not in pictures:
+                    pictures.add(by_stamp[stamp], frame)
+                # Frames come out in presentation order: one past the last member means the
+                # members not found are not in this stretch (the seek landed too late).
+                passed = passed or (stamp is not None and stamp > last)
+            if not unsent or passed or packet.size == 0:
+                break
+    finally:
+        ctx.skip_frame = "DEFAULT"
+        ctx.flush_buffers()
 
 
 def _rotation(frame) -> int:

@@ -2,7 +2,9 @@
 
 The folder is read as one dataset (`records.folder.read_output`: `captions.jsonl` and the
 part files queue workers write, oldest record first), and every video gives one row per
-version: its newest `ok` record of that version. A video whose records of a version all failed
+version: its newest `ok` record of that version. A long take captioned window by window gives one
+row per window and version (its newest `ok` record of that window), with the window's times; a
+window whose records all failed has no row. A video whose records of a version all failed
 has no row for it. A version is the model, adapter (and its hash) and prompt version
 (`records.record.VersionKey`). A video is the exact bytes of its path (`sources.record_key`):
 two names that show the same `video` text (the byte 0xff, the four characters `\\xff`) are two
@@ -13,12 +15,14 @@ recent `ok` record (oldest-first order of `read_output`: by `created_at`, then f
 last `ok` record read wins a tie). It is named on stderr, with the versions left out.
 `--all-versions` gives every version, one row per video and version.
 
-Columns, in this order (one row per video and version):
+Columns, in this order (one row per video, window and version):
 
 | column | type | meaning |
 | --- | --- | --- |
 | `video` | string | the video's path as text (undecodable name bytes shown as `\\xNN`) |
 | `video_raw` | string, null | base64 of the path's exact bytes when `video` cannot hold them |
+| `window_index` | int, null | the window of a long take (0, 1, ...); null: the caption is of the whole file |
+| `window_start_s`, `window_end_s` | float, null | start and (exclusive) end in seconds from the first shown frame |
 | `caption` | string | the caption |
 | `text_flags` | list of string | `replacement_char` (U+FFFD), `mojibake`; empty for clean text |
 | `model`, `adapter`, `adapter_sha` | string (adapter and its hash may be null) | what captioned it |
@@ -38,14 +42,15 @@ Formats: Parquet (pyarrow; lists stay lists, types as above), CSV (UTF-8, no BOM
 columns hold JSON text, e.g. `[0.6, 1.8]`; a text cell starting with `=`, `+`, `-`, `@`, tab or CR
 gets a leading `'`, so a spreadsheet shows it rather than runs it: `captioner.escaping`), JSONL
 (one UTF-8 JSON object a line, Korean unescaped, lists as lists). Rows are sorted by video, then by
-record time. The file is written whole or not at all (temporary file, then rename); default
-`OUT/export.<format>`.
+window (the whole file first), then by record time. The file is written whole or not at all
+(temporary file, then rename); default `OUT/export.<format>`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +63,7 @@ from captioner.records.folder import CAPTIONS_FILE, dataset_files, newest_per_ve
 from captioner.records.record import VersionKey
 from captioner.sources import record_key
 from captioner.textcheck import record_flags
+from captioner.windows import Window
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,9 @@ LIST_COLUMNS = ("text_flags", "frame_times", "notes")
 COLUMNS: dict[str, str] = {
     "video": "string",
     "video_raw": "string",
+    "window_index": "int64",
+    "window_start_s": "double",
+    "window_end_s": "double",
     "caption": "string",
     "text_flags": "list<string>",
     "model": "string",
@@ -109,6 +118,7 @@ class Export:
     chosen_at: str | None  # created_at of the newest ok record, which chose it
     left_out: list[dict[str, Any]] = field(default_factory=list)  # versions present, not exported
     without_ok: int = 0  # videos of the exported versions that have no ok record (failed only)
+    windows: int = 0  # rows of a window of a long take (the other rows are of whole files)
 
     def summary(self) -> dict[str, Any]:
         """The JSON line printed on stdout."""
@@ -117,6 +127,7 @@ class Export:
             "format": self.format,
             "rows": self.rows,
             "videos": self.videos,
+            "window_rows": self.windows,
             "versions": self.versions,
             "versions_left_out": self.left_out,
             "records_read": self.records,
@@ -138,12 +149,7 @@ def export(target: Path, fmt: str, out: Path | None = None, all_versions: bool =
     _check_out(path, folder)
     pa = _pyarrow() if fmt == "parquet" else None  # before any work: say what is missing at once
 
-    records = []
-    for record in read_output(target):
-        if isinstance(record.get("video"), str) and isinstance(record.get("prompt") or {}, dict):
-            records.append(record)
-        else:
-            log.warning("%s: a record of %r has no usable video or prompt; ignored", target, record.get("video"))
+    records = _usable_records(target)
     if not records:
         raise ExportError(f"{target}: no caption records (every line was unreadable; see the warnings above)")
     ok = [record for record in records if record.get("status") == "ok"]
@@ -159,12 +165,12 @@ def export(target: Path, fmt: str, out: Path | None = None, all_versions: bool =
         keys, chosen, chosen_at = [newest], newest.label(), ok[-1].get("created_at")
     wanted = set(keys)
 
-    # One row per video and version: videos told apart by their exact name bytes (`record_key`), so
-    # two names that show the same `video` text (a byte 0xff, the characters "\\xff") are two rows.
-    latest_ok = {pair: record for pair, record in newest_per_version(ok).items() if pair[1] in wanted}
+    # One row per video, window and version: videos told apart by their exact name bytes (`record_key`),
+    # so two names that show the same `video` text (a byte 0xff, the characters "\\xff") are two rows.
+    latest_ok = {key: record for key, record in newest_per_version(ok).items() if key[2] in wanted}
     rows = sorted((_row(record) for record in latest_ok.values()), key=_row_order)
     tried = {record_key(record) for record in records if VersionKey.of(record) in wanted}
-    exported_videos = {video for video, _ in latest_ok}
+    exported_videos = {video for video, _, _ in latest_ok}
 
     if fmt == "parquet":
         _write_parquet(pa, rows, path)
@@ -173,7 +179,7 @@ def export(target: Path, fmt: str, out: Path | None = None, all_versions: bool =
     else:
         _write_jsonl(rows, path)
 
-    per_version = Counter(key for _, key in latest_ok)
+    per_version = Counter(key for _, _, key in latest_ok)
     return Export(
         path=path,
         format=fmt,
@@ -187,7 +193,56 @@ def export(target: Path, fmt: str, out: Path | None = None, all_versions: bool =
             {"version": k.digest(), "label": k.label(), "ok_records": n} for k, n in counts.items() if k not in wanted
         ],
         without_ok=len(tried - exported_videos),
+        windows=sum(row["window_index"] is not None for row in rows),
     )
+
+
+def _usable_records(target: Path) -> list[dict[str, Any]]:
+    """The records of `target` an export can use, oldest first; the others are named in a warning."""
+    records = []
+    for record in read_output(target):
+        video = record.get("video")
+        if not isinstance(video, str) or not isinstance(record.get("prompt") or {}, dict):
+            log.warning("%s: a record of %r has no usable video or prompt; ignored", target, video)
+        elif problem := window_problem(record.get("window")):
+            log.warning("%s: a record of %r has a bad window (%s); ignored", target, video, problem)
+        else:
+            records.append(record)
+    return records
+
+
+def window_problem(window: Any) -> str | None:
+    """What is wrong with a record's `window` value, or None (null or absent: the whole file).
+
+    A window is `{"index": int >= 0, "start_s": number, "end_s": number}` with 0 <= start < end.
+    """
+    if window is None:
+        return None
+    if not isinstance(window, dict):
+        return f"window must be null or an object, not {type(window).__name__}"
+    index, start, end = window.get("index"), window.get("start_s"), window.get("end_s")
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        return f"window index must be an integer >= 0, not {index!r}"
+    return range_problem(start, end)
+
+
+def range_problem(start: Any, end: Any) -> str | None:
+    """What is wrong with a time range in seconds, or None: both numbers, finite, 0 <= start < end."""
+    for name, value in (("start_s", start), ("end_s", end)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"{name} must be a number of seconds, not {value!r}"
+    if not 0 <= start < end:
+        return f"the range must have 0 <= start_s < end_s (got {start!r} to {end!r})"
+    return None
+
+
+def record_window(record: dict[str, Any]) -> Window | None:
+    """The window a record is of, None for the whole file (records of runs before windows have no `window` key).
+
+    Assumes a checked window (`window_problem`).
+    """
+    window = record.get("window")
+    return None if window is None else Window.of(window)
 
 
 def _check_target(target: Path) -> Path:
@@ -218,17 +273,25 @@ def _check_out(path: Path, folder: Path) -> None:
         raise ExportError(f"{path}: is a folder; --out names the file to write")
 
 
-def _row_order(row: dict[str, Any]) -> tuple[str, str, str]:
-    """Rows by video text, then by record time; `video_raw` orders two names that show alike."""
-    return row["video"], row["video_raw"] or "", row["created_at"] or ""
+def _row_order(row: dict[str, Any]) -> tuple[str, str, int, str]:
+    """Rows by video text, then window (the whole file first), then record time.
+
+    `video_raw` orders two names that show alike.
+    """
+    window = row["window_index"]
+    return row["video"], row["video_raw"] or "", -1 if window is None else window, row["created_at"] or ""
 
 
 def _row(record: dict[str, Any]) -> dict[str, Any]:
     """One table row of an ok record (columns as `COLUMNS`)."""
     key = VersionKey.of(record)
+    window = record_window(record)
     return {
         "video": record["video"],
         "video_raw": record.get("video_raw"),
+        "window_index": window.index if window else None,
+        "window_start_s": window.start_s if window else None,
+        "window_end_s": window.end_s if window else None,
         "caption": record.get("caption") or "",
         "text_flags": record_flags(record),
         "model": key.model,

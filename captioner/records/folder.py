@@ -1,4 +1,8 @@
-"""An output folder read back as one dataset: the one reader, and "the newest record per video and version".
+"""An output folder read back as one dataset: the one reader, and "the newest record per clip and version".
+
+A clip is a video, or one window of a long take: its identity (`clip_key`) is the exact bytes of
+the video's path (`sources.record_key`) and the window's index (None: the whole file; records
+written before windows have no `window` key).
 
 An output folder holds `captions.jsonl` (written by `captioner run`) and, when queue workers wrote
 to it, part files: `parts/JOB/CHUNK.jsonl` (one per chunk, made visible by an atomic rename) and
@@ -69,12 +73,34 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 def _names_a_video(record: dict[str, Any]) -> bool:
-    """Whether the record names a video `record_key` can identify (checked once, as it is read)."""
+    """Whether the record names a clip `clip_key` can identify (checked once, as it is read)."""
     try:
-        record_key(record)
+        clip_key(record)
     except (TypeError, ValueError):  # binascii.Error and UnicodeEncodeError are ValueErrors
         return False
     return True
+
+
+ClipKey = tuple[bytes, int | None]  # (the path's exact bytes, the window's index or None)
+
+
+def window_index(record: dict[str, Any]) -> int | None:
+    """The index of the window a record is of; None for the whole file (or no `window` key: an older record).
+
+    Raises ValueError for a `window` that is not null or an object with an integer index >= 0.
+    """
+    window = record.get("window")
+    if window is None:
+        return None
+    index = window.get("index") if isinstance(window, dict) else None
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise ValueError(f"a record's window must be null or hold an index >= 0, not {window!r}")
+    return index
+
+
+def clip_key(record: dict[str, Any]) -> ClipKey:
+    """The identity of the clip a record is about: (`sources.record_key`, `window_index`)."""
+    return record_key(record), window_index(record)
 
 
 def dataset_files(out_dir: Path) -> list[Path]:
@@ -155,35 +181,52 @@ def read_output(target: Path) -> list[dict[str, Any]]:
     return records
 
 
-def newest_per_version(records: Iterable[dict[str, Any]]) -> dict[tuple[bytes, VersionKey], dict[str, Any]]:
-    """The newest record per (video, version), in order of recency (records come oldest first).
+def newest_per_version(
+    records: Iterable[dict[str, Any]],
+) -> dict[tuple[bytes, int | None, VersionKey], dict[str, Any]]:
+    """The newest record per (video, window index, version), in order of recency (records come oldest first).
 
     Videos are told apart by `sources.record_key` (the exact bytes of the path), not by the `video`
-    text: two names that show alike are two videos.
+    text: two names that show alike are two videos. Each window of a long take is a clip of its
+    own (`window_index`; None: the whole file).
     """
-    newest: dict[tuple[bytes, VersionKey], dict[str, Any]] = {}
+    newest: dict[tuple[bytes, int | None, VersionKey], dict[str, Any]] = {}
     for record in records:
-        key = (record_key(record), VersionKey.of(record))
+        key = (*clip_key(record), VersionKey.of(record))
         newest.pop(key, None)  # re-insert: keep the order by recency
         newest[key] = record
     return newest
 
 
+def latest_by_clip(records: Iterable[dict[str, Any]], key: VersionKey | None = None) -> dict[ClipKey, dict[str, Any]]:
+    """The newest record per clip (`clip_key`: path bytes, window index), optionally only of one version."""
+    return {(video, w): r for (video, w, version), r in newest_per_version(records).items() if key in (None, version)}
+
+
+def ok_clips(records: Iterable[dict[str, Any]], key: VersionKey) -> set[ClipKey]:
+    """The clips (path bytes, window index or None) whose newest record of version `key` is `ok`."""
+    return {clip for clip, record in latest_by_clip(records, key).items() if record["status"] == "ok"}
+
+
 def latest_by_video(records: Iterable[dict[str, Any]], key: VersionKey | None = None) -> dict[bytes, dict[str, Any]]:
-    """The newest record per video (by `sources.record_key`), optionally only among records of one version."""
-    return {video: r for (video, version), r in newest_per_version(records).items() if key in (None, version)}
+    """The newest whole-file record per video (by `sources.record_key`), optionally only of one version.
+
+    Records of windows are left out: a window's caption is not the video's (see `latest_by_clip`).
+    """
+    return {video: r for (video, window), r in latest_by_clip(records, key).items() if window is None}
 
 
 def ok_videos(records: Iterable[dict[str, Any]], key: VersionKey) -> set[bytes]:
-    """The videos whose newest record of version `key` is `ok`, by `sources.record_key`.
+    """The videos whose newest whole-file record of version `key` is `ok`, by `sources.record_key`.
 
-    Ask about a path with `sources.video_bytes(path) in ok_videos(...)`: the same bytes.
+    Ask about a path with `sources.video_bytes(path) in ok_videos(...)`: the same bytes. A long take
+    captioned in windows is done window by window: see `ok_clips`.
     """
     return {video for video, record in latest_by_video(records, key).items() if record["status"] == "ok"}
 
 
 def compact(path: Path) -> int:
-    """Rewrite the file keeping only the newest record per (video, version); return records dropped.
+    """Rewrite the file keeping only the newest record per (video, window, version); return records dropped.
 
     Done atomically (temporary file + rename) so a kill during compaction leaves the old file, and
     under the writers' lock, so records appended by other processes meanwhile are not lost.

@@ -21,6 +21,7 @@ from captioner.textcheck import text_flags
 if TYPE_CHECKING:  # types only: the record stage never runs the frame stage or the engine
     from captioner.engine.protocol import Generation
     from captioner.frames import ClipFrames
+    from captioner.windows import Window
 
 
 @dataclass
@@ -54,6 +55,11 @@ class CaptionRecord:
     # "mojibake"). Records written before this field have no such key; readers use .get.
     text_flags: list[str] = field(default_factory=list)
     video_raw: str | None = None  # base64 of the path's bytes when `video` cannot hold them (see sources)
+    # The time range of a long take this caption is of (`windows.Window.as_json`: index, start_s,
+    # end_s); None: the whole file. With the path's bytes it is the record's identity; records
+    # written before windows have no such key, read as None.
+    window: dict[str, Any] | None = None
+    bytes_read: int | None = None  # bytes of the file the frame stage read for this record (probe + decode)
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     @property
@@ -146,9 +152,11 @@ class Provenance:
         )
 
 
-def failed_record(made: Provenance, video: Path | str, reason: str) -> CaptionRecord:
-    """The record of a clip that has no caption, with the reason (a decode failure, a refusal, ...)."""
-    return made.stamp(video, status="failed", caption="", error=reason)
+def failed_record(made: Provenance, video: Path | str, reason: str, window: Window | None = None) -> CaptionRecord:
+    """The record of a clip (a file, or its `window`) that has no caption, with the reason (a decode failure, ...)."""
+    return made.stamp(
+        video, status="failed", caption="", error=reason, window=None if window is None else window.as_json()
+    )
 
 
 def caption_record(made: Provenance, clip: ClipFrames, gen: Generation) -> CaptionRecord:

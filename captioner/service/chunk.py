@@ -23,7 +23,7 @@ from captioner.errors import ConfigError
 from captioner.records import CaptionRecord, PartWriter, failed_record
 from captioner.service.errors import ChunkBusy, RetryChunk, SubmitError
 from captioner.service.jobs import finish_job
-from captioner.service.message import ChunkMessage, JobRecord, MessageRefused
+from captioner.service.message import ChunkMessage, JobRecord, MessageRefused, chunk_digest
 from captioner.service.runtime import WorkerRuntime
 from captioner.service.store import FINISHED
 from captioner.service.submit import JobOptions, allowed_path
@@ -79,7 +79,7 @@ def run_chunk(runtime: WorkerRuntime, *args: Any, host: str, last_attempt: bool,
         log.error("job %s: %s", job_id, reason)
         store.finish(job_id, "failed", reason)
         return {"refused": reason}
-    mismatch = _mismatch(message, job)
+    mismatch = _mismatch(message, job, store.chunk_digest(job_id, index))
     if mismatch:
         log.error("job %s chunk %d: message refused: %s", job_id, index, mismatch)
         return {"refused": mismatch}
@@ -100,14 +100,17 @@ def run_chunk(runtime: WorkerRuntime, *args: Any, host: str, last_attempt: bool,
         runtime.end(name)
 
 
-def _mismatch(message: ChunkMessage, job: JobRecord) -> str:
-    """Why `message` cannot be a chunk of `job` ("" when it can): it names another folder, chunk or options."""
+def _mismatch(message: ChunkMessage, job: JobRecord, digest: str | None) -> str:
+    """Why `message` cannot be a chunk of `job` ("" when it can): it names another folder, chunk,
+    options, or videos than the chunk's as submitted (`digest`; None: a job recorded before digests)."""
     if message.out != job.out:
         return "its output folder is not the job's"
     if message.index >= job.chunks:
         return f"chunk {message.index} of a job of {job.chunks} chunks"
     if message.options != job.options:
         return "its options are not the job's"
+    if digest is not None and chunk_digest(list(message.videos)) != digest:
+        return f"its videos are not those of the job's chunk {message.index}"
     return ""
 
 

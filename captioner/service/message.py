@@ -8,6 +8,8 @@ are the kinds the service makes; every field has its type. What fails is refused
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import uuid
@@ -31,6 +33,13 @@ class MessageRefused(CaptionerError):
 def new_job_id() -> str:
     """A fresh job id: 32 hex digits (the only form a worker accepts)."""
     return uuid.uuid4().hex
+
+
+def chunk_digest(videos: list[str]) -> str:
+    """A short digest of a chunk's video list, kept with the job at submit: a message naming the
+    job's own folder and a real chunk index but other videos (a forged chunk) does not match it."""
+    data = "\0".join(videos).encode("utf-8", "surrogatepass")  # names may hold undecodable bytes
+    return base64.b64encode(hashlib.blake2b(data, digest_size=12).digest()).decode("ascii")
 
 
 def is_job_id(value: object) -> bool:

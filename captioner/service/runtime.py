@@ -28,6 +28,7 @@ from captioner.service.jobs import finish_settled
 from captioner.service.prometheus import WorkerMetrics
 from captioner.service.shared_engine import SharedEngine
 from captioner.service.store import JobStore, connect
+from captioner.service.unacked import resend_stranded
 from captioner.service.submit import JobOptions
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class WorkerRuntime:
             connect(self.settings.broker_url, patient=False) if self.settings.broker_url.startswith("redis") else None
         )
         self.metrics = WorkerMetrics(self.settings.queue, broker)
+        self.broker = connect(self.settings.broker_url, patient=True) if broker is not None else None
 
     def plan(self, options: JobOptions) -> Plan:
         """The plan (`planning.make_plan`) for a job's options on this worker (cached)."""
@@ -141,6 +143,9 @@ class WorkerRuntime:
             try:
                 self.store.beat(self.id, self.settings.dead_after_s)
                 self.recover()
+                if self.broker is not None:
+                    app = app_for(self.settings)
+                    resend_stranded(self.broker, self.store, 2 * self.settings.dead_after_s, app, RECOVERED_PRIORITY)
                 finish_settled(self.store, self.settings.writable_roots, lambda options: self.plan(options).versions())
             except Exception:  # noqa: BLE001 - Redis away for a moment: beat again next time
                 log.warning("heartbeat failed", exc_info=True)

@@ -119,16 +119,19 @@ class JobStore:
 
     def keys(self, job_id: str) -> list[str]:
         """Every key of a job."""
-        return [self.key(job_id)] + [self.key(job_id, part) for part in ("chunks", "workers", "deliveries")]
+        return [self.key(job_id)] + [self.key(job_id, part) for part in ("chunks", "workers", "deliveries", "digests")]
 
     def ping(self) -> None:
         """Raise `SubmitError` at once when Redis cannot be reached."""
         ping(self.redis)
 
-    def create(self, job_id: str, fields: dict[str, Any]) -> None:
-        """Record a new job (and count it among the unfinished ones)."""
+    def create(self, job_id: str, fields: dict[str, Any], digests: list[str] | None = None) -> None:
+        """Record a new job, with its chunks' `digests` (`message.chunk_digest`), among the unfinished ones."""
         pipe = self.redis.pipeline()
         pipe.hset(self.key(job_id), mapping={k: _text(v) for k, v in fields.items()})
+        for start in range(0, len(digests or []), 10_000):
+            batch = (digests or [])[start : start + 10_000]
+            pipe.hset(self.key(job_id, "digests"), mapping={str(start + i): d for i, d in enumerate(batch)})
         pipe.sadd(UNFINISHED, job_id)
         pipe.execute()
 
@@ -144,6 +147,10 @@ class JobStore:
         """Move the job to a finished `state` and let its keys expire; False if it was finished already."""
         args = [state, repr(time.time()), error, self.job_ttl, UNFINISHED, job_id]
         return self._finish(keys=self.keys(job_id), args=args) == 1
+
+    def chunk_digest(self, job_id: str, index: int) -> str | None:
+        """The digest of chunk `index`'s video list as submitted (None for a job recorded without digests)."""
+        return self.redis.hget(self.key(job_id, "digests"), str(index))
 
     def unfinished(self) -> list[str]:
         """The jobs not finished yet (at most the few a fleet runs at once)."""
@@ -269,9 +276,9 @@ class JobStore:
                 log.error("dropped a malformed running entry %r", field[:80])
                 self.redis.hdel(RUNNING, field)
                 continue
-            mine = entry["worker"] == me and field not in active
-            if mine and now < max(entry["since"], entry.get("retry_at", 0.0)) + grace_s:
-                continue
+            mine = entry["worker"] == me
+            if mine and (field in active or now < max(entry["since"], entry.get("retry_at", 0.0)) + grace_s):
+                continue  # running here (even if this worker's own beat lapsed while Redis was away), or not due
             if not mine and self.alive(entry["worker"]):
                 continue
             if self._takeover(keys=[RUNNING], args=[field, value, entry["worker"], "1" if mine else "0"]) == 1:

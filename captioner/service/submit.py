@@ -19,7 +19,7 @@ from captioner.prompts import PromptError, check_prompt_ref, load_prompt
 from captioner.service.celery_app import CHUNK_PRIORITY, CHUNK_TASK, app_for
 from captioner.service.chunks import chunk_size
 from captioner.service.errors import SubmitError
-from captioner.service.message import new_job_id
+from captioner.service.message import chunk_digest, new_job_id
 from captioner.service.store import JobStore
 from captioner.sources import Found, SourceError, check_folder, find_videos, video_id
 
@@ -49,8 +49,13 @@ class JobOptions(BaseModel):
         return value
 
     def apply(self, settings: Settings) -> Settings:
-        """`settings` with this job's options in force."""
-        return settings.model_copy(update=self.model_dump(exclude_none=True))
+        """`settings` with this job's options in force.
+
+        The queue captions whole files (`windows = none`) until its chunks, counts and done-index
+        are kept per window (issue 21): a chunk counts a video once and the done-index knows
+        whole-file records only, so windowed records would be miscounted there.
+        """
+        return settings.model_copy(update={**self.model_dump(exclude_none=True), "windows": "none"})
 
 
 def allowed_path(path: Path, roots: list[Path], what: str) -> Path:
@@ -204,6 +209,7 @@ def enqueue(
             "busy_s": 0,
             "submitted_at": repr(time.time()),
         },
+        [chunk_digest(chunk) for chunk in chunks],
     )
     send_chunks(store, settings, job_id, chunks, out_dir, options)
     log.info("job %s: %d videos in %d chunks of up to %d -> %s", job_id, len(videos), len(chunks), size, out_dir)

@@ -7,6 +7,7 @@ made by `captioner worker` before the worker starts (`use_settings`), or from th
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -42,6 +43,29 @@ def runtime() -> WorkerRuntime:
 def _load_engine(**_: Any) -> None:
     # Before the first chunk is taken, so no chunk waits for (or times out on) the engine load.
     runtime().start()
+
+
+_asked_to_stop = threading.Event()
+
+
+@signals.worker_shutting_down.connect
+def _shutting_down(**_: Any) -> None:
+    _asked_to_stop.set()  # a signal (SIGTERM, SIGINT, SIGQUIT) asked the worker to stop
+
+
+def run_worker(app: Any, argv: list[str]) -> None:
+    """Run the Celery worker (`app.worker_main(argv)`) until it stops; exit with status 1 when it stopped
+    without being asked (an unrecoverable error inside Celery or kombu, seen when Redis dies while the
+    worker holds retries, can end the worker with status 0), so a supervisor restarts it."""
+    code: object = 0
+    try:
+        app.worker_main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    if not _asked_to_stop.is_set():
+        logging.getLogger(__name__).error("the worker stopped without being asked to (status %s); exiting 1", code)
+        raise SystemExit(1)
+    raise SystemExit(code)
 
 
 @signals.worker_shutdown.connect

@@ -614,7 +614,7 @@ def test_sigkill_mid_chunk_is_sent_on_by_heartbeats(workers, svc_settings, store
     """A SIGKILLed worker's chunks go to another worker once its heartbeat has been silent for
     DEAD_AFTER s, long before Celery's visibility timeout; every video ends with exactly one record."""
     folder = root / "killed"
-    videos = clips(folder, 6)
+    videos = clips(folder, 12)  # 4 chunks: each worker holds 2, so the victim surely has one
     out = root / "killed-out"
     job_id = submit([folder], out, svc_settings.model_copy(update=dict(chunk_size=3)))
     victim, survivor = workers
@@ -636,10 +636,10 @@ def test_sigkill_mid_chunk_is_sent_on_by_heartbeats(workers, svc_settings, store
     assert status(store, job_id)["pending"] > 0  # the job's state outlived its worker
     final = wait_job(store, job_id, timeout=120)
     recovered_s = time.monotonic() - killed
-    assert final["state"] == "done" and (final["ok"], final["failed"], final["pending"]) == (6, 0, 0), final
+    assert final["state"] == "done" and (final["ok"], final["failed"], final["pending"]) == (12, 0, 0), final
     one_record_each(out, videos)
     assert not list((out / "parts").glob(f"{job_id}/*"))  # merged into parts/JOB.jsonl, leftovers gone
-    assert sum(final["workers"].values()) == 2 and final["workers"].get(survivor.name, 0) >= 1
+    assert sum(final["workers"].values()) == 4 and final["workers"].get(survivor.name, 0) >= 1
     assert "stopped beating; chunk sent again" in survivor.log.read_text()
     assert recovered_s < VISIBILITY / 4  # heartbeats, not the broker's visibility timeout
     # Restarted, as a supervisor would, for the tests that follow.

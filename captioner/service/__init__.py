@@ -7,7 +7,8 @@
 - `status`: a job's status, `cancel`, `wait`, and its `summary.json`.
 - `runtime`: the worker process (`WorkerRuntime`: engine, decoders, heartbeat), its engine shared
   by its chunk threads (`shared_engine`) and its Prometheus metrics (`prometheus`).
-- `message`: what a worker reads from the broker and Redis, checked (`ChunkMessage`, `JobRecord`).
+- `message`: what a worker reads from the broker and Redis, checked (`ChunkMessage`, `JobRecord`);
+  `unacked`: chunks a Redis restart left among the broker's unacknowledged messages, sent again.
 - `chunk`: one chunk of a job (`run_chunk`); `jobs`: finishing a job (`finish_job`, `finish_settled`);
   `nightly`: the nightly job.
 - `celery_app` and `tasks`: the Celery app and its thin tasks; `workers/` is only the entry point.

@@ -17,6 +17,7 @@ so no caption is made from a sliver of a few frames.
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Sequence
@@ -47,6 +48,40 @@ class Window:
     def of(cls, value: dict[str, Any]) -> Window:
         """A window read back from a record's `window` (as `as_json` wrote it)."""
         return cls(int(value["index"]), float(value["start_s"]), float(value["end_s"]))
+
+
+def window_problem(window: Any) -> str | None:
+    """What is wrong with a record's `window` value, or None (null or absent: the whole file).
+
+    A window is `{"index": int >= 0, "start_s": number, "end_s": number}` with 0 <= start < end.
+    """
+    if window is None:
+        return None
+    if not isinstance(window, dict):
+        return f"window must be null or an object, not {type(window).__name__}"
+    index, start, end = window.get("index"), window.get("start_s"), window.get("end_s")
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        return f"window index must be an integer >= 0, not {index!r}"
+    return range_problem(start, end)
+
+
+def range_problem(start: Any, end: Any) -> str | None:
+    """What is wrong with a time range in seconds, or None: both numbers, finite, 0 <= start < end."""
+    for name, value in (("start_s", start), ("end_s", end)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"{name} must be a number of seconds, not {value!r}"
+    if not 0 <= start < end:
+        return f"the range must have 0 <= start_s < end_s (got {start!r} to {end!r})"
+    return None
+
+
+def record_window(record: dict[str, Any]) -> Window | None:
+    """The window a record is of, None for the whole file (records of runs before windows have no `window` key).
+
+    Assumes a checked window (`window_problem`).
+    """
+    window = record.get("window")
+    return None if window is None else Window.of(window)
 
 
 class Clip(NamedTuple):

@@ -33,10 +33,10 @@ from captioner.evaluation.morphemes import normalize_text
 from captioner.evaluation.references import InputError, name_stem
 from captioner.evaluation.results import ANY_ADAPTER, CaptionSet, EvaluatedClip
 from captioner.records import CAPTIONS_FILE, PARTS_DIR, VersionKey, output_folder
-from captioner.records.export import record_window, window_problem
 from captioner.records.folder import Line, located_lines, target_files
 from captioner.sources import record_key, record_path, video_id
 from captioner.textcheck import record_flags
+from captioner.windows import record_window, window_problem
 
 
 def caption_files(target: Path) -> list[Path]:

@@ -13,8 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from captioner.records.export import range_problem
-from captioner.windows import Window
+from captioner.windows import Window, range_problem
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +62,7 @@ from captioner.records.folder import CAPTIONS_FILE, dataset_files, newest_per_ve
 from captioner.records.record import VersionKey
 from captioner.sources import record_key
 from captioner.textcheck import record_flags
-from captioner.windows import Window
+from captioner.windows import record_window, window_problem
 
 log = logging.getLogger(__name__)
 
@@ -209,40 +208,6 @@ def _usable_records(target: Path) -> list[dict[str, Any]]:
         else:
             records.append(record)
     return records
-
-
-def window_problem(window: Any) -> str | None:
-    """What is wrong with a record's `window` value, or None (null or absent: the whole file).
-
-    A window is `{"index": int >= 0, "start_s": number, "end_s": number}` with 0 <= start < end.
-    """
-    if window is None:
-        return None
-    if not isinstance(window, dict):
-        return f"window must be null or an object, not {type(window).__name__}"
-    index, start, end = window.get("index"), window.get("start_s"), window.get("end_s")
-    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-        return f"window index must be an integer >= 0, not {index!r}"
-    return range_problem(start, end)
-
-
-def range_problem(start: Any, end: Any) -> str | None:
-    """What is wrong with a time range in seconds, or None: both numbers, finite, 0 <= start < end."""
-    for name, value in (("start_s", start), ("end_s", end)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return f"{name} must be a number of seconds, not {value!r}"
-    if not 0 <= start < end:
-        return f"the range must have 0 <= start_s < end_s (got {start!r} to {end!r})"
-    return None
-
-
-def record_window(record: dict[str, Any]) -> Window | None:
-    """The window a record is of, None for the whole file (records of runs before windows have no `window` key).
-
-    Assumes a checked window (`window_problem`).
-    """
-    window = record.get("window")
-    return None if window is None else Window.of(window)
 
 
 def _check_target(target: Path) -> Path:

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator
 from captioner.records.files import PARTS_DIR, lock_current, write_atomic
 from captioner.records.record import VersionKey
 from captioner.sources import record_key
+from captioner.windows import window_problem
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +88,12 @@ ClipKey = tuple[bytes, int | None]  # (the path's exact bytes, the window's inde
 def window_index(record: dict[str, Any]) -> int | None:
     """The index of the window a record is of; None for the whole file (or no `window` key: an older record).
 
-    Raises ValueError for a `window` that is not null or an object with an integer index >= 0.
+    Raises ValueError for a `window` that `windows.window_problem` finds wrong.
     """
     window = record.get("window")
-    if window is None:
-        return None
-    index = window.get("index") if isinstance(window, dict) else None
-    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-        raise ValueError(f"a record's window must be null or hold an index >= 0, not {window!r}")
-    return index
+    if problem := window_problem(window):
+        raise ValueError(f"a record's {problem}")
+    return None if window is None else window["index"]
 
 
 def clip_key(record: dict[str, Any]) -> ClipKey:
